@@ -1,0 +1,43 @@
+/** Small process and console helpers shared by the stack scripts. */
+
+export function progress(message: string): void {
+  console.error(`\x1b[1mtollgate:\x1b[0m ${message}`);
+}
+
+/** Ends the process with a message that says what to do, not a stack trace. */
+export function fail(message: string): never {
+  console.error(`\x1b[1;31mtollgate:\x1b[0m ${message}`);
+  Deno.exit(1);
+}
+
+export class CommandError extends Error {}
+
+/** Runs a command to completion; on failure throws with its output and a hint. */
+export async function run(
+  cmd: string[],
+  options: { hint?: string; env?: Record<string, string>; cwd?: string } = {},
+): Promise<string> {
+  const output = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    env: options.env,
+    cwd: options.cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output().catch((error) => {
+    throw new CommandError(`could not run ${cmd[0]}: ${error.message}`);
+  });
+  const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+  if (!output.success) {
+    throw new CommandError(
+      `\`${cmd.join(" ")}\` failed:\n${text.trim()}${options.hint ? `\n(${options.hint})` : ""}`,
+    );
+  }
+  return text;
+}
+
+export async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
