@@ -280,9 +280,7 @@ Deno.test("speed of a price lookup (measured, not asserted)", () => {
   }
   const libraryMicros = performance.now() - library;
   console.log(
-    `priceCall: first lookup ${first.toFixed(1)} µs, then ${
-      repeated.toFixed(2)
-    } µs per call ` +
+    `priceCall: first lookup ${first.toFixed(1)} µs, then ${repeated.toFixed(2)} µs per call ` +
       `(calcPrice alone: ${libraryMicros.toFixed(1)} µs per call)`,
   );
 });

@@ -137,8 +137,7 @@ interface Rates {
 }
 
 function costMicros(usage: Usage, rates: Rates): number {
-  const separately = (rate: Decimal | undefined, tokens: number) =>
-    rate ? tokens : 0;
+  const separately = (rate: Decimal | undefined, tokens: number) => rate ? tokens : 0;
   const cacheRead = separately(rates.cacheRead, usage.cachedInputTokens);
   const cacheWrite = separately(rates.cacheWrite, usage.cacheWriteTokens);
   const reasoning = separately(rates.reasoning, usage.reasoningTokens);
@@ -215,9 +214,7 @@ function findOverride(
   const exact = model.toLowerCase();
   const undated = exact.replace(snapshotDate, "");
   const rowFor = (name: string) =>
-    overrides.find((row) =>
-      row.provider === provider && row.model.toLowerCase() === name
-    );
+    overrides.find((row) => row.provider === provider && row.model.toLowerCase() === name);
   return rowFor(exact) ?? (undated === exact ? undefined : rowFor(undated));
 }
 
@@ -271,18 +268,14 @@ function parseDecimal(value: string | number): Decimal {
   const [, whole, fraction = "", exponent = "0"] = match;
   const scale = fraction.length - Number(exponent);
   const units = BigInt(whole + fraction);
-  return scale >= 0
-    ? { units, scale }
-    : { units: units * 10n ** BigInt(-scale), scale: 0 };
+  return scale >= 0 ? { units, scale } : { units: units * 10n ** BigInt(-scale), scale: 0 };
 }
 
 /** Σ count × rate, rounded half up to an integer; terms without a rate count nothing. */
 function roundHalfUp(
   terms: [count: number, rate: Decimal | undefined][],
 ): number {
-  const priced = terms.filter((term): term is [number, Decimal] =>
-    term[1] !== undefined
-  );
+  const priced = terms.filter((term): term is [number, Decimal] => term[1] !== undefined);
   const scale = Math.max(0, ...priced.map(([, rate]) => rate.scale));
   let sum = 0n;
   for (const [count, rate] of priced) {

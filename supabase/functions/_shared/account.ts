@@ -1,0 +1,18 @@
+/** The caller's own account: the models they may use and their usage (GET /v1/models, /v1/usage). */
+import type { Context } from "./gateway.ts";
+
+export async function handleModels(request: Request, context: Context): Promise<Response> {
+  const caller = await context.verify(request);
+  const overview = await context.ledger.overview(caller.userId, caller.isAnonymous, featureOf(request));
+  return Response.json({
+    object: "list",
+    data: overview.models.map((id) => ({ id, object: "model", created: 0, owned_by: "tollgate" })),
+  });
+}
+
+export async function handleUsage(request: Request, context: Context): Promise<Response> {
+  const caller = await context.verify(request);
+  return Response.json(await context.ledger.overview(caller.userId, caller.isAnonymous, featureOf(request)));
+}
+
+const featureOf = (request: Request) => request.headers.get("x-tollgate-feature") ?? "default";

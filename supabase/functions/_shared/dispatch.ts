@@ -1,0 +1,220 @@
+/**
+ * Sending an admitted call upstream: along the route admission returned (fallback chain with
+ * circuit-breaker states), with retries and backoff per provider, translating the request when
+ * the provider speaks the other wire format. Retries happen only here, before a byte has gone
+ * to the client; once an answer is handed back, it is committed.
+ */
+import { GatewayError, type WireFormat } from "./errors.ts";
+import type { AttemptOutcome, RouteStep } from "./ledger.ts";
+import { type ProviderEndpoint, providerEndpoint } from "./providers/registry.ts";
+import { withStreamUsage } from "./providers/openai.ts";
+import { anthropicToOpenAIRequest, openaiToAnthropicRequest } from "./providers/translate/requests.ts";
+import { isRetryableStatus, nextDelay } from "./retry.ts";
+import type { AnthropicMessagesRequest, OpenAIChatRequest } from "./schemas.ts";
+
+/** The call as the client made it, after admission's caps were applied. */
+export interface CallPlan {
+  format: WireFormat;
+  body: OpenAIChatRequest | AnthropicMessagesRequest;
+  stream: boolean;
+}
+
+export interface Timeouts {
+  /** Per attempt, until the provider's response headers (and, for JSON answers, its body). */
+  attemptMs: number;
+  /** For all attempts and fallbacks together: stays under the edge runtime's 150 s idle timeout. */
+  deadlineMs: number;
+}
+
+export interface Answer {
+  endpoint: ProviderEndpoint;
+  step: RouteStep;
+  response: Response;
+  /** The first chunk of a streamed body, already read to make sure the stream really started. */
+  firstChunk?: Uint8Array;
+  reader?: ReadableStreamDefaultReader<Uint8Array>;
+  /** Whether an OpenAI-format client asked for the usage chunk itself. */
+  clientAskedUsage: boolean;
+  /** Aborts the upstream request (client gone, stream timeout). */
+  abort: AbortController;
+  outcomes: AttemptOutcome[];
+  /** Time spent waiting on providers, for x-tollgate-overhead-ms. */
+  providerMs: number;
+}
+
+/** Every provider failed: the error to answer with, and what was tried (for settlement). */
+export class DispatchFailure extends Error {
+  constructor(readonly error: GatewayError, readonly outcomes: AttemptOutcome[], readonly timedOut: boolean) {
+    super(error.message);
+  }
+}
+
+export async function dispatch(
+  plan: CallPlan,
+  route: RouteStep[],
+  env: Record<string, string | undefined>,
+  timeouts: Timeouts,
+  clientSignal: AbortSignal,
+): Promise<Answer> {
+  const started = performance.now();
+  const outcomes: AttemptOutcome[] = [];
+  let providerMs = 0;
+  let rejection: GatewayError | undefined;
+  let retryAfterSeconds = 0;
+  let timedOut = false;
+
+  for (const step of route) {
+    if (step.state === "open" && !step.probe) continue;
+    const endpoint = providerEndpoint(step.provider, env);
+    if (!endpoint) continue;
+    const { body, clientAskedUsage } = upstreamBody(plan, endpoint, step.model);
+    const payload = JSON.stringify(body);
+
+    for (let attempt = 1;; attempt++) {
+      if (clientSignal.aborted) throw new DispatchFailure(clientGone(), outcomes, false);
+      const abort = new AbortController();
+      const onClientGone = () => abort.abort(new DOMException("client closed", "AbortError"));
+      clientSignal.addEventListener("abort", onClientGone, { once: true });
+      const elapsed = performance.now() - started;
+      const timer = setTimeout(
+        () => abort.abort(new DOMException("attempt timed out", "TimeoutError")),
+        Math.max(0, Math.min(timeouts.attemptMs, timeouts.deadlineMs - elapsed)),
+      );
+      const sentAt = performance.now();
+      let failure: { status?: number; headers: Headers } | undefined;
+      try {
+        const response = await fetch(endpoint.url, {
+          method: "POST",
+          headers: endpoint.headers,
+          body: payload,
+          signal: abort.signal,
+        });
+        if (response.ok) {
+          const answer: Answer = {
+            endpoint,
+            step,
+            response,
+            clientAskedUsage,
+            abort,
+            outcomes,
+            providerMs: 0,
+          };
+          if (plan.stream && response.body) {
+            // Read the first chunk before committing: a stream that dies at once is retried.
+            answer.reader = response.body.getReader();
+            const first = await answer.reader.read();
+            if (first.done) throw new TypeError("the provider closed the stream before sending anything");
+            answer.firstChunk = first.value;
+          }
+          clearTimeout(timer);
+          outcomes.push({ provider: step.provider, model: step.model, ok: true, status: response.status });
+          answer.providerMs = providerMs + (performance.now() - sentAt);
+          return answer;
+        }
+        failure = { status: response.status, headers: response.headers };
+        const detail = await response.text().catch(() => "");
+        if (!isRetryableStatus(response.status) && response.status !== 401 && response.status !== 403) {
+          // The provider refused the request itself: another provider would refuse it too.
+          rejection = upstreamRejected(response.status, detail);
+        }
+        retryAfterSeconds = Math.max(retryAfterSeconds, Number(response.headers.get("retry-after")) || 0);
+      } catch (error) {
+        if (clientSignal.aborted) throw new DispatchFailure(clientGone(), outcomes, false);
+        const reason = abort.signal.reason as DOMException | undefined;
+        if (reason?.name === "TimeoutError") timedOut = true;
+        console.warn(`${step.provider}/${step.model}: ${(error as Error).message}`);
+        failure = { headers: new Headers() };
+      } finally {
+        clearTimeout(timer);
+        clientSignal.removeEventListener("abort", onClientGone);
+        providerMs += performance.now() - sentAt;
+      }
+
+      outcomes.push({ provider: step.provider, model: step.model, ok: false, status: failure.status ?? null });
+      if (rejection) throw new DispatchFailure(rejection, outcomes, false);
+      // 401/403: this key is refused; retrying it cannot help, the next provider may.
+      if (failure.status === 401 || failure.status === 403) break;
+      const decision = nextDelay({
+        attempt,
+        status: failure.status,
+        headers: failure.headers,
+        elapsedMs: performance.now() - started,
+        deadlineMs: timeouts.deadlineMs,
+      });
+      if (!decision.retry) {
+        if (decision.reason === "deadline") timedOut = true;
+        break;
+      }
+      await sleep(decision.delayMs, clientSignal);
+    }
+  }
+
+  const error = timedOut && outcomes.length > 0
+    ? new GatewayError({
+      status: 504,
+      code: "provider_timeout",
+      message: "No provider answered in time; try again, perhaps with a shorter request.",
+    })
+    : new GatewayError({
+      status: 503,
+      code: "provider_unavailable",
+      message: outcomes.length
+        ? "Every provider for this model failed; try again shortly."
+        : "No provider for this model is available right now (unconfigured, or paused after repeated failures).",
+      headers: { "retry-after": String(Math.max(1, Math.ceil(retryAfterSeconds)) || 5) },
+    });
+  throw new DispatchFailure(error, outcomes, timedOut);
+}
+
+/** The request body for one provider: translated if needed, with the route's model. */
+function upstreamBody(
+  plan: CallPlan,
+  endpoint: ProviderEndpoint,
+  model: string,
+): { body: OpenAIChatRequest | AnthropicMessagesRequest; clientAskedUsage: boolean } {
+  if (endpoint.format === "anthropic") {
+    const body = plan.format === "anthropic"
+      ? plan.body as AnthropicMessagesRequest
+      : openaiToAnthropicRequest(plan.body as OpenAIChatRequest);
+    const clientAskedUsage = plan.format === "openai" &&
+      (plan.body as OpenAIChatRequest).stream_options?.include_usage === true;
+    return { body: { ...body, model }, clientAskedUsage };
+  }
+  const body = plan.format === "openai"
+    ? plan.body as OpenAIChatRequest
+    : anthropicToOpenAIRequest(plan.body as AnthropicMessagesRequest);
+  const withUsage = withStreamUsage({ ...body, model });
+  return { body: withUsage.body, clientAskedUsage: plan.format === "openai" && withUsage.clientAskedUsage };
+}
+
+/**
+ * The provider's own complaint about the request, passed on without anything that could
+ * identify our key or account.
+ */
+function upstreamRejected(status: number, detail: string): GatewayError {
+  let message = detail.slice(0, 2000);
+  try {
+    const json = JSON.parse(detail);
+    message = json?.error?.message ?? json?.message ?? message;
+  } catch { /* not JSON: the text itself is the message */ }
+  message = String(message).replace(/\b(sk|sk-ant|key)[-_][A-Za-z0-9*_-]{6,}/g, "[redacted]");
+  return new GatewayError({
+    status: status === 404 || status === 413 || status === 422 ? status : 400,
+    code: "upstream_rejected",
+    message: `The provider rejected the request: ${message}`,
+  });
+}
+
+const clientGone = () => new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}

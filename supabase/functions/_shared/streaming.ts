@@ -1,0 +1,148 @@
+/**
+ * A provider's stream on its way to the client: each upstream chunk is decoded, observed for
+ * usage, translated or filtered, and written on as soon as it arrives (accounting never holds
+ * a token back). How the stream ended is reported once, for settlement:
+ *   complete       the provider's end-of-answer marker arrived
+ *   upstream_failed the provider sent an error or the connection dropped: the client's stream
+ *                  ends with an error event in its own format, never as a finished answer
+ *   timeout        no chunk within the idle timeout, or the stream outlived its maximum
+ *   client_closed  the client went away: the upstream request is aborted at once
+ */
+import { GatewayError, type WireFormat } from "./errors.ts";
+import * as anthropic from "./providers/anthropic.ts";
+import * as openai from "./providers/openai.ts";
+import { anthropicToOpenAIStream, openaiToAnthropicStream } from "./providers/translate/streams.ts";
+import type { StreamTracker } from "./providers/upstream.ts";
+import { decodeSse, encodeEvent, type SseEvent } from "./sse.ts";
+
+export type StreamOutcome = "complete" | "upstream_failed" | "timeout" | "client_closed";
+
+export interface StreamEnd {
+  outcome: StreamOutcome;
+  tracker: StreamTracker;
+  error?: GatewayError;
+}
+
+export interface StreamOptions {
+  upstream: ReadableStream<Uint8Array>;
+  upstreamFormat: WireFormat;
+  clientFormat: WireFormat;
+  clientAskedUsage: boolean;
+  abort: AbortController;
+  idleTimeoutMs: number;
+  maxDurationMs: number;
+  onEnd: (end: StreamEnd) => void;
+}
+
+const trackers = { openai: openai.createStreamTracker, anthropic: anthropic.createStreamTracker };
+const errorEvents = { openai: openai.streamErrorEvent, anthropic: anthropic.streamErrorEvent };
+
+export function clientStream(options: StreamOptions): ReadableStream<Uint8Array> {
+  const { upstreamFormat, clientFormat, abort } = options;
+  const tracker = trackers[upstreamFormat]();
+  const encoder = new TextEncoder();
+  let timeout: GatewayError | undefined;
+  let ended = false;
+
+  const end = (outcome: StreamOutcome, error?: GatewayError) => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(idleTimer);
+    clearTimeout(durationTimer);
+    options.onEnd({ outcome, tracker, error });
+  };
+  const expire = (message: string) => () => {
+    timeout = new GatewayError({ status: 504, code: "provider_timeout", message });
+    abort.abort(timeout);
+  };
+  let idleTimer = setTimeout(expire("The provider stopped sending mid-stream."), options.idleTimeoutMs);
+  const durationTimer = setTimeout(
+    expire("The stream reached the gateway's maximum duration and was ended."),
+    options.maxDurationMs,
+  );
+
+  async function* observed(): AsyncGenerator<SseEvent> {
+    for await (const event of decodeSse(options.upstream)) {
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(expire("The provider stopped sending mid-stream."), options.idleTimeoutMs);
+      tracker.observe(event);
+      yield event;
+    }
+  }
+
+  const events = upstreamFormat === clientFormat
+    ? passThrough(observed(), clientFormat, options.clientAskedUsage)
+    : upstreamFormat === "anthropic"
+    ? anthropicToOpenAIStream(observed(), { includeUsage: options.clientAskedUsage })
+    : openaiToAnthropicStream(observed());
+
+  const send = (controller: ReadableStreamDefaultController<Uint8Array>, event: SseEvent) =>
+    controller.enqueue(encoder.encode(encodeEvent(event)));
+
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const next = await events.next();
+        if (!next.done) return send(controller, next.value);
+        if (tracker.finished) {
+          end("complete");
+        } else {
+          // An upstream error event was already passed on (or translated); a plain cut was not.
+          const error = tracker.error ? undefined : cutShort();
+          if (error) send(controller, errorEvents[clientFormat](error));
+          end("upstream_failed", error);
+        }
+        controller.close();
+      } catch (caught) {
+        if (ended) return; // the client is gone; nothing more to write
+        const error = timeout ?? (caught instanceof GatewayError ? caught : cutShort());
+        send(controller, errorEvents[clientFormat](error));
+        controller.close();
+        end(timeout ? "timeout" : "upstream_failed", error);
+      }
+    },
+    cancel() {
+      end("client_closed");
+      abort.abort(new DOMException("client closed", "AbortError"));
+    },
+  });
+}
+
+/** Same format: the events as they came, minus the usage chunk the client did not ask for. */
+async function* passThrough(
+  events: AsyncGenerator<SseEvent>,
+  format: WireFormat,
+  clientAskedUsage: boolean,
+): AsyncGenerator<SseEvent> {
+  for await (const event of events) {
+    if (format === "anthropic" || openai.forwardToClient(event, clientAskedUsage)) yield event;
+  }
+}
+
+const cutShort = () =>
+  new GatewayError({
+    status: 502,
+    code: "upstream_stream_cut",
+    message: "The provider's stream ended before the answer was complete; the answer is truncated.",
+  });
+
+/** A body whose first chunk was already read (to be sure the stream started), made whole again. */
+export function resumeBody(
+  firstChunk: Uint8Array,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  let first: Uint8Array | undefined = firstChunk;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (first) {
+        controller.enqueue(first);
+        first = undefined;
+        return;
+      }
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}

@@ -1,0 +1,137 @@
+import assert from "node:assert/strict";
+import {
+  decodeEvents,
+  decodeLines,
+  decodeSse,
+  encodeEvent,
+  readChunks,
+  type SseEvent,
+} from "../../supabase/functions/_shared/sse.ts";
+
+const encoder = new TextEncoder();
+
+function body(chunks: (string | Uint8Array)[]): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) {
+        controller.enqueue(typeof chunk === "string" ? encoder.encode(chunk) : chunk);
+      }
+      controller.close();
+    },
+  });
+}
+
+async function* from<T>(items: T[]): AsyncGenerator<T> {
+  yield* items;
+}
+
+/** Every way of cutting `text` in two. */
+function splits(text: string): [Uint8Array, Uint8Array][] {
+  const bytes = encoder.encode(text);
+  return Array.from({ length: bytes.length + 1 }, (_, i) => [bytes.slice(0, i), bytes.slice(i)]);
+}
+
+Deno.test("lines end at \\n, \\r\\n and \\r", async () => {
+  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\nb\r\nc\rd\n"]))));
+  assert.deepEqual(lines, ["a", "b", "c", "d"]);
+});
+
+Deno.test("a \\r\\n split across chunks is one line ending", async () => {
+  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\r", "\nb\n"]))));
+  assert.deepEqual(lines, ["a", "b"]);
+});
+
+Deno.test("a \\r at the end of the stream ends a line, and blank lines are kept", async () => {
+  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\n\n", "b\r"]))));
+  assert.deepEqual(lines, ["a", "", "b"]);
+});
+
+Deno.test("an unterminated last line is still a line", async () => {
+  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\nb"]))));
+  assert.deepEqual(lines, ["a", "b"]);
+});
+
+Deno.test("events decode the same wherever the bytes are cut, multi-byte characters too", async () => {
+  const text = 'event: message_delta\r\ndata: {"text":"héllo 👋 ✓"}\r\n\r\ndata: [DONE]\n\n';
+  const expected: SseEvent[] = [
+    { event: "message_delta", data: '{"text":"héllo 👋 ✓"}' },
+    { data: "[DONE]" },
+  ];
+  for (const [head, tail] of splits(text)) {
+    assert.deepEqual(await Array.fromAsync(decodeSse(body([head, tail]))), expected);
+  }
+});
+
+Deno.test("events decode the same one byte at a time", async () => {
+  const text = 'data: {"a":"ünïcødé"}\r\r\ndata: x\r\n\r\n';
+  const bytes = encoder.encode(text);
+  const events = await Array.fromAsync(decodeSse(body(Array.from(bytes, (b) => new Uint8Array([b])))));
+  assert.deepEqual(events, [{ data: '{"a":"ünïcødé"}' }, { data: "x" }]);
+});
+
+Deno.test("data lines join with \\n; comments and unknown fields are ignored", async () => {
+  const events = await Array.fromAsync(
+    decodeSse(body([": keep-alive\n\ndata: a\ndata:b\nretry: 10\nfoo\n\n"])),
+  );
+  assert.deepEqual(events, [{ data: "a\nb" }]);
+});
+
+Deno.test("an event without data is not dispatched, and the id carries over", async () => {
+  const events = await Array.fromAsync(
+    decodeEvents(from(["event: ping", "", "id: 7", "data: x", "", "data: y", ""])),
+  );
+  assert.deepEqual(events, [{ data: "x", id: "7" }, { data: "y", id: "7" }]);
+});
+
+Deno.test("an event cut off by the end of the stream is dropped", async () => {
+  const events = await Array.fromAsync(decodeSse(body(["data: one\n\ndata: tw"])));
+  assert.deepEqual(events, [{ data: "one" }]);
+});
+
+Deno.test("a consumer that stops early cancels the body", async () => {
+  let cancelled = false;
+  let pulls = 0;
+  const endless = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulls += 1;
+      controller.enqueue(encoder.encode(`data: ${pulls}\n\n`));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  });
+  for await (const event of decodeSse(endless)) {
+    if (event.data === "3") break;
+  }
+  assert.equal(cancelled, true);
+  // The lock is released, so the body can be read (as cancelled and empty) by someone else.
+  assert.deepEqual(await endless.getReader().read(), { done: true, value: undefined });
+});
+
+Deno.test("a body that errors passes its error on", async () => {
+  let pulls = 0;
+  const failing = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulls += 1;
+      if (pulls === 1) controller.enqueue(encoder.encode("data: a\n\n"));
+      else controller.error(new Error("connection reset"));
+    },
+  });
+  const seen: SseEvent[] = [];
+  await assert.rejects(async () => {
+    for await (const event of decodeSse(failing)) seen.push(event);
+  }, /connection reset/);
+  assert.deepEqual(seen, [{ data: "a" }]);
+});
+
+Deno.test("encodeEvent writes an event and a blank line, one data line per line", async () => {
+  assert.equal(encodeEvent({ data: "[DONE]" }), "data: [DONE]\n\n");
+  assert.equal(
+    encodeEvent({ event: "error", data: "a\nb" }),
+    "event: error\ndata: a\ndata: b\n\n",
+  );
+  const roundTrip = await Array.fromAsync(
+    decodeSse(body([encodeEvent({ event: "x", data: "1\n2" })])),
+  );
+  assert.deepEqual(roundTrip, [{ event: "x", data: "1\n2" }]);
+});
