@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import OpenAI from "npm:openai@7.57.0";
-import Anthropic from "npm:@anthropic-ai/sdk@1.12.0";
+import { Anthropic, OpenAI } from "./deps.ts";
 import {
   countTokens,
   DEFAULT_API_KEY,

@@ -3,8 +3,8 @@
  *   dev   — the local stack, kept running: database, function, provider stand-in, demo page
  *   test  — a fresh stack, pgTAP through pg_prove, then every Deno test; ends with `N passed, N failed`
  */
-import { startStack, type StackInfo } from "./stack.ts";
-import { generateSigningKey, type SigningKey, signAccessToken } from "./keys.ts";
+import { type StackInfo, startStack } from "./stack.ts";
+import { generateSigningKey, signAccessToken, type SigningKey } from "./keys.ts";
 import { CommandError, fail, progress } from "./util.ts";
 import postgres from "postgres";
 

@@ -10,7 +10,7 @@ export interface GatewayProcess {
 const serveScript = new URL("./serve.ts", import.meta.url).pathname;
 
 export async function startGateway(env: Record<string, string>, port?: number): Promise<GatewayProcess> {
-  port ??= await freePort();
+  port ??= freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--no-prompt", serveScript],

@@ -25,8 +25,8 @@ export async function startCluster(
   dataDir: string,
   options: { port?: number; fresh: boolean },
 ): Promise<Cluster> {
-  const port = options.port ?? await freePort();
-  await assertPortFree(port);
+  const port = options.port ?? freePort();
+  assertPortFree(port);
   const exists = await Deno.stat(`${dataDir}/PG_VERSION`).then(() => true, () => false);
   if (exists && options.fresh) await Deno.remove(dataDir, { recursive: true });
   const initialize = !exists || options.fresh;
@@ -49,17 +49,20 @@ export async function startCluster(
   }
 
   progress(`starting PostgreSQL on port ${port}`);
-  await run(asDbOwner([
-    `${pgBin}/pg_ctl`,
-    "-D",
-    dataDir,
-    "-l",
-    `${dataDir}/server.log`,
-    "-o",
-    `-p ${port} -k ${dataDir}`,
-    "-w",
-    "start",
-  ]), { hint: `see ${dataDir}/server.log` });
+  await run(
+    asDbOwner([
+      `${pgBin}/pg_ctl`,
+      "-D",
+      dataDir,
+      "-l",
+      `${dataDir}/server.log`,
+      "-o",
+      `-p ${port} -k ${dataDir}`,
+      "-w",
+      "start",
+    ]),
+    { hint: `see ${dataDir}/server.log` },
+  );
 
   const adminUrl = `postgresql://supabase_admin@127.0.0.1:${port}/postgres`;
   const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
@@ -93,7 +96,7 @@ function serverSettings(): string {
   ].join("\n");
 }
 
-async function assertPortFree(port: number): Promise<void> {
+function assertPortFree(port: number): void {
   try {
     Deno.listen({ hostname: "127.0.0.1", port }).close();
   } catch {

@@ -53,7 +53,9 @@ async function serveStatic(root: string, path: string): Promise<Response> {
   if (file.includes("..")) return new Response("bad path", { status: 400 });
   try {
     const body = await Deno.readFile(`${root}${file}`);
-    return new Response(body, { headers: { "content-type": types[file.split(".").pop()!] ?? "application/octet-stream" } });
+    return new Response(body, {
+      headers: { "content-type": types[file.split(".").pop()!] ?? "application/octet-stream" },
+    });
   } catch {
     return new Response("not found", { status: 404 });
   }

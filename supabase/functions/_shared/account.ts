@@ -2,17 +2,15 @@
 import type { Context } from "./gateway.ts";
 
 export async function handleModels(request: Request, context: Context): Promise<Response> {
-  const caller = await context.verify(request);
-  const overview = await context.ledger.overview(caller.userId, caller.isAnonymous, featureOf(request));
+  await context.verify(request);
+  const models = await context.ledger.models(request.headers.get("x-tollgate-feature") ?? "default");
   return Response.json({
     object: "list",
-    data: overview.models.map((id) => ({ id, object: "model", created: 0, owned_by: "tollgate" })),
+    data: models.map((id) => ({ id, object: "model", created: 0, owned_by: "tollgate" })),
   });
 }
 
 export async function handleUsage(request: Request, context: Context): Promise<Response> {
   const caller = await context.verify(request);
-  return Response.json(await context.ledger.overview(caller.userId, caller.isAnonymous, featureOf(request)));
+  return Response.json(await context.ledger.usage(caller.userId, caller.isAnonymous));
 }
-
-const featureOf = (request: Request) => request.headers.get("x-tollgate-feature") ?? "default";

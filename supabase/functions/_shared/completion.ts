@@ -99,6 +99,7 @@ function admissionRequest(call: Incoming, requestId: string, dryRun: boolean) {
     estimated_cost_usd: usd(estimate.highMicros),
     dry_run: dryRun,
     cache_key: call.cacheKey,
+    cache_ttl_seconds: call.cacheTtlSeconds,
   };
 }
 
@@ -128,7 +129,7 @@ export async function handleCompletion(request: Request, context: Context, forma
 
   if (admission.cached) {
     record.cached = true;
-    record.saved_cost = usd(Math.round(admission.cached.saved_cost_usd * 1e6));
+    record.saved_cost_usd = admission.cached.cost_usd;
     record.provider = "cache";
     settleInBackground(context.ledger, record);
     return json(admission.cached.response, { ...headers, "x-tollgate-cache": "hit" }, context);
@@ -223,7 +224,7 @@ async function respondJson(
   Object.assign(record, usageColumns(usage ?? estimatedUsage(call, "")), {
     status: "success",
     latency_ms: elapsed(context),
-    estimated_cost: usd(cost.costMicros),
+    cost_usd: usd(cost.costMicros),
     priced: cost.priced && usage !== undefined,
     error_code: usage ? null : "usage_not_reported",
   });
@@ -257,7 +258,7 @@ function settleStream(
     status: statuses[end.outcome],
     error_code: end.error?.code ?? (tracker.error ? "upstream_error" : null),
     latency_ms: elapsed(context),
-    estimated_cost: usd(cost.costMicros),
+    cost_usd: usd(cost.costMicros),
     priced: cost.priced,
   });
   settleInBackground(context.ledger, record);
@@ -336,10 +337,11 @@ function settlementBase(call: Incoming, context: Context, admission: Admission):
     model: first?.model ?? call.model,
     ...usageColumns(emptyUsage()),
     latency_ms: 0,
-    estimated_cost: "0",
+    cost_usd: "0",
     priced: true,
     cached: false,
-    saved_cost: "0",
+    streamed: call.plan.stream,
+    saved_cost_usd: "0",
     status: "error",
     error_code: null,
     attempts: 0,

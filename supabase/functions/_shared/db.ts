@@ -5,12 +5,13 @@
  */
 import postgres from "postgres";
 import { GatewayError } from "./errors.ts";
-import { type Admission, admissionSchema, type Overview, overviewSchema, type Settlement } from "./ledger.ts";
+import { type AccountUsage, type Admission, admissionSchema, type Settlement, usageSchema } from "./ledger.ts";
 
 export interface Ledger {
   admit(request: Record<string, unknown>): Promise<Admission>;
   settle(call: Settlement): Promise<void>;
-  overview(userId: string, isAnonymous: boolean, feature: string): Promise<Overview>;
+  usage(userId: string, isAnonymous: boolean): Promise<AccountUsage>;
+  models(feature: string): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -34,11 +35,13 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     async settle(call) {
       await sql`select tollgate.settle(${sql.json(call as unknown as postgres.JSONValue)})`;
     },
-    async overview(userId, isAnonymous, feature) {
-      const request = { user_id: userId, is_anonymous: isAnonymous, feature };
-      const [row] = await sql`select tollgate.caller_overview(${sql.json(request)}) as overview`
-        .catch(databaseUnavailable);
-      return overviewSchema.parse(row.overview);
+    async usage(userId, isAnonymous) {
+      const [row] = await sql`select tollgate.usage(${userId}, ${isAnonymous}) as usage`.catch(databaseUnavailable);
+      return usageSchema.parse(row.usage);
+    },
+    async models(feature) {
+      const [row] = await sql`select tollgate.models_for(${feature}) as models`.catch(databaseUnavailable);
+      return row.models ?? [];
     },
     close: () => sql.end({ timeout: 5 }),
   };

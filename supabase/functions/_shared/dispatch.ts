@@ -64,6 +64,7 @@ export async function dispatch(
   let timedOut = false;
 
   for (const step of route) {
+    if (performance.now() - started >= timeouts.deadlineMs) break;
     if (step.state === "open" && !step.probe) continue;
     const endpoint = providerEndpoint(step.provider, env);
     if (!endpoint) continue;
@@ -141,10 +142,8 @@ export async function dispatch(
         elapsedMs: performance.now() - started,
         deadlineMs: timeouts.deadlineMs,
       });
-      if (!decision.retry) {
-        if (decision.reason === "deadline") timedOut = true;
-        break;
-      }
+      // No retry left here: the next provider in the route, if there is time for it.
+      if (!decision.retry) break;
       await sleep(decision.delayMs, clientSignal);
     }
   }

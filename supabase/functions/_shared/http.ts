@@ -148,7 +148,9 @@ export function limitHeaders(admission: Admission, now = Date.now()): Record<str
     headers["x-ratelimit-reset-tokens"] = formatDuration((Date.parse(daily.reset_at) - now) / 1000);
   }
   if (admission.tier) headers["x-tollgate-tier"] = admission.tier;
-  if (admission.warnings.length) headers["x-tollgate-warning"] = admission.warnings.join("; ");
+  if (admission.warnings.length) {
+    headers["x-tollgate-warning"] = admission.warnings.map((warning) => warning.message).join("; ");
+  }
   if (admission.restricted) {
     headers["x-tollgate-restricted"] = admission.restricted.reason;
   }

@@ -23,9 +23,20 @@ const window = z.object({
 const tokenQuota = z.object({
   limit: z.number().nullable(),
   used: z.number(),
+  reserved: z.number(),
   remaining: z.number().nullable(),
   reset_at: z.string(),
-}).nullable();
+});
+
+const spend = z.object({
+  month_to_date_usd: z.coerce.number(),
+  reserved_usd: z.coerce.number(),
+  cap_usd: z.coerce.number().nullable(),
+  remaining_usd: z.coerce.number().nullable(),
+  reset_at: z.string(),
+});
+
+const warning = z.object({ kind: z.string(), percent: z.number().nullable().optional(), message: z.string() });
 
 export const priceOverride = z.object({
   provider: z.string(),
@@ -36,6 +47,7 @@ export const priceOverride = z.object({
   cache_write_per_mtok: z.coerce.string().nullable(),
 });
 
+/** The answer of `tollgate.admit` (its contract is in the admission migration's header). */
 export const admissionSchema = z.object({
   allowed: z.boolean(),
   request_id: z.string(),
@@ -44,37 +56,35 @@ export const admissionSchema = z.object({
   message: z.string().nullable(),
   retry_after_seconds: z.number().nullable(),
   tier: z.string().nullable(),
-  windows: z.array(window).default([]),
-  tokens: z.object({ daily: tokenQuota, monthly: tokenQuota }).nullable().default(null),
-  spend: z.object({ month_to_date_usd: z.coerce.number(), cap_usd: z.coerce.number().nullable() }).nullable()
-    .default(null),
-  warnings: z.array(z.string()).default([]),
+  windows: z.array(window).nullable().transform((windows) => windows ?? []),
+  tokens: z.object({ daily: tokenQuota, monthly: tokenQuota }).nullable(),
+  spend: spend.nullable(),
+  warnings: z.array(warning).nullable().transform((warnings) => warnings ?? []),
   feature: z.object({
     name: z.string(),
     priority: z.string(),
     max_tokens: z.number().nullable(),
     cache_ttl_seconds: z.number().nullable(),
-  }).nullable().default(null),
+  }).nullable(),
+  model: z.string().nullable(),
   restricted: z.object({ model: z.string().nullable(), max_tokens: z.number().nullable(), reason: z.string() })
-    .nullable().default(null),
-  route: z.array(routeStep).default([]),
-  prices: z.array(priceOverride).default([]),
-  cached: z.object({ response: z.unknown(), saved_cost_usd: z.coerce.number() }).nullable().default(null),
-  reserved: z.object({ estimated_tokens: z.number(), estimated_cost_usd: z.coerce.number() }).nullable()
-    .default(null),
+    .nullable(),
+  route: z.array(routeStep).nullable().transform((route) => route ?? []),
+  prices: z.array(priceOverride).nullable().transform((prices) => prices ?? []),
+  cached: z.object({ response: z.unknown(), cost_usd: z.coerce.string() }).nullable(),
+  reserved: z.object({ estimated_tokens: z.number(), estimated_cost_usd: z.coerce.number() }).nullable(),
 });
 export type Admission = z.infer<typeof admissionSchema>;
 
-/** `tollgate.caller_overview`: a caller's limits, what remains, spend, and usable models. */
-export const overviewSchema = z.object({
-  tier: z.string(),
-  windows: z.array(window),
-  tokens: z.object({ daily: tokenQuota, monthly: tokenQuota }),
-  spend: z.object({ month_to_date_usd: z.coerce.number(), cap_usd: z.coerce.number().nullable() }),
-  warnings: z.array(z.string()),
-  models: z.array(z.string()),
+/** `tollgate.usage` (GET /v1/usage): the caller's tier, windows, quotas and spend. */
+export const usageSchema = z.object({
+  tier: z.string().nullable(),
+  windows: z.array(window).nullable(),
+  tokens: z.object({ daily: tokenQuota, monthly: tokenQuota }).nullable(),
+  spend: spend.nullable(),
+  warnings: z.array(warning).nullable(),
 });
-export type Overview = z.infer<typeof overviewSchema>;
+export type AccountUsage = z.infer<typeof usageSchema>;
 
 export type CallStatus = "success" | "error" | "timeout" | "client_closed";
 
@@ -85,6 +95,7 @@ export interface AttemptOutcome {
   status: number | null;
 }
 
+/** The input of `tollgate.settle` (its contract is in the settlement migration's header). */
 export interface Settlement {
   request_id: string;
   user_id: string;
@@ -98,10 +109,12 @@ export interface Settlement {
   cache_write_tokens: number;
   reasoning_tokens: number;
   latency_ms: number;
-  estimated_cost: string;
+  /** USD, exact decimal string; stored in ai_api_calls.estimated_cost. */
+  cost_usd: string;
   priced: boolean;
   cached: boolean;
-  saved_cost: string;
+  streamed: boolean;
+  saved_cost_usd: string;
   status: CallStatus;
   error_code: string | null;
   attempts: number;
