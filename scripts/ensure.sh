@@ -27,11 +27,15 @@ missing=()
 [[ -f $pg_ext/pgtap.control ]] || missing+=(postgresql-15-pgtap)
 command -v pg_prove >/dev/null || missing+=(pgtap)
 [[ -f $pg_lib/plpgsql_check.so ]] || missing+=(postgresql-15-plpgsql-check)
+# The test command also drives the demo page (web/) in a real browser: Debian's chromium.
+if [[ $(basename "${BASH_SOURCE[1]:-}") == test.sh && -z ${CHROMIUM_PATH:-} ]]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
 
 if ((${#missing[@]})); then
   install="apt-get install -y --no-install-recommends ${missing[*]}"
   command -v apt-get >/dev/null ||
-    fail "missing PostgreSQL packages: ${missing[*]}. This is not a Debian-like system (no apt-get): install PostgreSQL 15 with pg_cron, pgTAP (and pg_prove) and plpgsql_check, or point TOLLGATE_DB_URL at an existing Supabase database."
+    fail "missing packages: ${missing[*]}. This is not a Debian-like system (no apt-get): install PostgreSQL 15 with pg_cron, pgTAP (and pg_prove) and plpgsql_check, or point TOLLGATE_DB_URL at an existing Supabase database; for the tests, also Chromium (or set CHROMIUM_PATH)."
   sudo=()
   if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null || fail "missing packages ${missing[*]}; run as root: $install"

@@ -7,6 +7,7 @@ import { type StackInfo, startStack } from "./stack.ts";
 import { generateSigningKey, signAccessToken, type SigningKey } from "./keys.ts";
 import { CommandError, fail, progress } from "./util.ts";
 import postgres from "postgres";
+import { bundleSupabaseJs, writeDevSession } from "../../web/prepare.ts";
 
 const projectRoot = new URL("../../", import.meta.url).pathname;
 const providerKeyNames = ["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"];
@@ -129,6 +130,11 @@ async function dev(): Promise<void> {
     expiresIn: 30 * 24 * 3600,
   });
   await Deno.writeTextFile(`${stateDir}/dev-token.txt`, token);
+  // The demo page: its "Use dev user" button, and supabase-js for signing in to hosted projects.
+  await writeDevSession({ accessToken: token, email: "dev@tollgate.local" });
+  await bundleSupabaseJs().catch((error) =>
+    progress(`the demo page cannot sign in to hosted projects: ${error.message}`)
+  );
 
   const base = `${stack.supabaseUrl}/functions/v1/ai/v1`;
   console.log(`
