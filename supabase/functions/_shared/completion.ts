@@ -12,7 +12,7 @@ import type { Admission, AttemptOutcome, CallStatus, Settlement } from "./ledger
 import { estimateCostMicros, estimateInputTokens, priceCall, type PriceOverride } from "./pricing.ts";
 import * as anthropic from "./providers/anthropic.ts";
 import * as openai from "./providers/openai.ts";
-import { parseUpstreamJson } from "./providers/upstream.ts";
+import { parseUpstreamJson, readUpstream } from "./providers/upstream.ts";
 import { anthropicToOpenAIResponse, openaiToAnthropicResponse } from "./providers/translate/responses.ts";
 import {
   type AnthropicMessagesRequest,
@@ -124,14 +124,43 @@ export async function handleCompletion(request: Request, context: Context, forma
   const admission = await context.ledger.admit(admissionRequest(call, context.requestId, false));
   if (!admission.allowed) throw rejection(admission);
 
-  const headers: Record<string, string> = { ...limitHeaders(admission) };
+  // From here on the call is admitted: it must be settled exactly once, whatever fails.
   const record = settlementBase(call, context, admission);
+  let settled = false;
+  const settle = () => {
+    if (settled) return;
+    settled = true;
+    settleInBackground(context.ledger, record);
+  };
+  try {
+    return await serveAdmitted(request, context, call, admission, record, settle);
+  } catch (error) {
+    if (!settled) {
+      record.status = "error";
+      record.error_code = error instanceof GatewayError ? error.code : "internal_error";
+      record.latency_ms = elapsed(context);
+      settle();
+    }
+    throw error;
+  }
+}
 
+async function serveAdmitted(
+  request: Request,
+  context: Context,
+  call: Incoming,
+  admission: Admission,
+  record: Settlement,
+  settle: () => void,
+): Promise<Response> {
+  const format = call.plan.format;
+  const headers: Record<string, string> = { ...limitHeaders(admission) };
   if (admission.cached) {
     record.cached = true;
+    record.status = "success";
     record.saved_cost_usd = admission.cached.cost_usd;
-    record.provider = "cache";
-    settleInBackground(context.ledger, record);
+    record.latency_ms = elapsed(context);
+    settle();
     return json(admission.cached.response, { ...headers, "x-tollgate-cache": "hit" }, context);
   }
 
@@ -147,7 +176,7 @@ export async function handleCompletion(request: Request, context: Context, forma
     record.status = error.error.code === "client_closed" ? "client_closed" : error.timedOut ? "timeout" : "error";
     record.error_code = error.error.code;
     record.latency_ms = elapsed(context);
-    settleInBackground(context.ledger, record);
+    settle();
     if (error.error.code === "client_closed") return new Response(null, { status: 499 });
     return errorResponse(error.error, format, headers);
   }
@@ -156,8 +185,7 @@ export async function handleCompletion(request: Request, context: Context, forma
   headers["x-tollgate-provider"] = answer.endpoint.name;
   headers["x-tollgate-model"] = answer.step.model;
   if (call.cacheKey) headers["x-tollgate-cache"] = "miss";
-  const overhead = (performance.now() - context.startedAt - answer.providerMs).toFixed(1);
-  headers["x-tollgate-overhead-ms"] = overhead;
+  headers["x-tollgate-overhead-ms"] = (performance.now() - context.startedAt - answer.providerMs).toFixed(1);
 
   if (call.plan.stream) {
     const body = clientStream({
@@ -168,7 +196,10 @@ export async function handleCompletion(request: Request, context: Context, forma
       abort: answer.abort,
       idleTimeoutMs: context.config.streamIdleTimeoutMs,
       maxDurationMs: context.config.streamMaxMs,
-      onEnd: (end) => settleStream(context, call, answer, admission, record, end),
+      onEnd: (end) => {
+        recordStream(context, call, answer, admission, record, end);
+        settle();
+      },
     });
     return new Response(body, {
       headers: {
@@ -180,28 +211,28 @@ export async function handleCompletion(request: Request, context: Context, forma
     });
   }
 
-  return await respondJson(context, call, answer, admission, record, headers);
+  const body = await readAnswer(context, call, answer, admission, record);
+  settle();
+  return json(body, headers, context);
 }
 
-async function respondJson(
+/** A JSON answer, in the client's format, with its usage and cost written into `record`. */
+async function readAnswer(
   context: Context,
   call: Incoming,
   answer: Answer,
   admission: Admission,
   record: Settlement,
-  headers: Record<string, string>,
-): Promise<Response> {
+): Promise<unknown> {
   const timer = setTimeout(() => answer.abort.abort(), context.config.attemptTimeoutMs);
   let upstream: unknown;
   try {
     upstream = parseUpstreamJson(await answer.response.text());
   } catch (error) {
-    record.status = "error";
-    record.error_code = error instanceof GatewayError ? error.code : "upstream_stream_cut";
-    record.latency_ms = elapsed(context);
+    // The provider started answering: its input was consumed even if the answer was lost.
     record.input_tokens = call.inputTokens;
-    settleInBackground(context.ledger, record);
-    throw error instanceof GatewayError ? error : new GatewayError({
+    if (error instanceof GatewayError) throw error;
+    throw new GatewayError({
       status: 502,
       code: "upstream_stream_cut",
       message: "The provider's answer was cut off before it was complete.",
@@ -211,30 +242,30 @@ async function respondJson(
   }
 
   const upstreamFormat = answer.endpoint.format;
-  const usage = upstreamFormat === "anthropic"
+  const reported = upstreamFormat === "anthropic"
     ? anthropic.usageFromResponse(upstream)
     : openai.usageFromResponse(upstream);
   const body = upstreamFormat === call.plan.format
     ? upstream
     : upstreamFormat === "anthropic"
-    ? anthropicToOpenAIResponse(anthropic.messageSchema.parse(upstream))
-    : openaiToAnthropicResponse(openai.completionSchema.parse(upstream));
+    ? anthropicToOpenAIResponse(readUpstream(anthropic.messageSchema, upstream))
+    : openaiToAnthropicResponse(readUpstream(openai.completionSchema, upstream));
 
-  const cost = price(answer, admission, usage ?? estimatedUsage(call, ""));
-  Object.assign(record, usageColumns(usage ?? estimatedUsage(call, "")), {
+  const usage = reported ?? estimatedUsage(call, JSON.stringify(body));
+  const cost = price(answer, admission, usage);
+  Object.assign(record, usageColumns(usage), {
     status: "success",
     latency_ms: elapsed(context),
     cost_usd: usd(cost.costMicros),
-    priced: cost.priced && usage !== undefined,
-    error_code: usage ? null : "usage_not_reported",
+    priced: cost.priced,
+    error_code: reported ? null : "usage_not_reported",
   });
   const ttl = call.cacheTtlSeconds ?? admission.feature?.cache_ttl_seconds ?? 0;
   if (call.cacheKey && ttl > 0) record.cache_entry = { key: call.cacheKey, response: body, ttl_seconds: ttl };
-  settleInBackground(context.ledger, record);
-  return json(body, headers, context);
+  return body;
 }
 
-function settleStream(
+function recordStream(
   context: Context,
   call: Incoming,
   answer: Answer,
@@ -261,7 +292,6 @@ function settleStream(
     cost_usd: usd(cost.costMicros),
     priced: cost.priced,
   });
-  settleInBackground(context.ledger, record);
 }
 
 // ─── POST /v1/estimate ──────────────────────────────────────────────────────────────────────
