@@ -1,0 +1,906 @@
+-- ============================================================================
+-- Tollgate 3/6: admission — tollgate.admit(request jsonb) returns jsonb
+--
+-- The `ai` function calls this ONCE per request, before calling a provider. In one
+-- transaction it decides (every layer below), reserves the estimate, and returns
+-- everything the function needs: the decision, the limits for the x-ratelimit-*
+-- headers, the restricted-mode caps, the route with circuit-breaker states, the
+-- price overrides and a cached response when there is one.
+--
+-- Who may call it: `postgres` (the function, via SUPABASE_DB_URL) and `service_role`.
+-- Never clients: the execute privilege is revoked from public, anon, authenticated.
+--
+-- INPUT (one JSON object):
+--   request_id              uuid, required. Unique per request; settle() finds the
+--                           reservation by it. Re-sending the id of a reservation
+--                           still in flight returns it again (duplicate: true) and
+--                           reserves nothing more.
+--   user_id                 uuid, required; must exist in auth.users.
+--   is_anonymous            boolean (default false); auth.users.is_anonymous counts too.
+--   feature                 text (default 'default'); must exist in tollgate.features.
+--   model                   text, required: the model the client asked for.
+--   estimated_input_tokens  integer 0..10,000,000 (default 0).
+--   max_output_tokens       integer 1..1,000,000, or null: the feature's max_tokens.
+--                           Always clamped to the feature's and the tier's maximum.
+--   estimated_cost_usd      number (or decimal string) 0..1000: the function's
+--                           library-based estimate for estimated_input_tokens +
+--                           max_output_tokens on the requested model. When
+--                           tollgate.model_prices has a row for the routed model
+--                           the estimate is recomputed here with it instead.
+--                           Absent/null: 0, with an `unpriced` warning.
+--   dry_run                 boolean (default false): decide and answer, but reserve
+--                           and record nothing (POST /v1/estimate, GET /v1/usage).
+--   cache_key               text 1..512 or null: the exact-match cache key.
+--   cache_ttl_seconds       integer 0..2592000 or null: the request enables (or
+--                           disables, with 0) the cache; null: the feature's TTL.
+--
+-- DECISION, layer by layer, stopping at the first "no":
+--   request      malformed input or unknown user          invalid_request
+--   feature      unknown feature                           unknown_feature
+--   feature      model not in the feature's allowed_models model_not_allowed
+--   feature      feature paused by the operator            feature_paused
+--   anomaly      anomaly breaker on, feature not critical  feature_paused
+--   budget       a hard-capped budget would pass its limit budget_exceeded
+--   throttle     throttle on and feature is background     throttled
+--                (normal features: restricted mode; critical: as usual)
+--   user_window  a sliding window of the tier is full      rate_limited
+--   user_quota   daily/monthly token quota reached         (restricted mode, allowed)
+--   user_cost_cap monthly cost cap would be passed         cost_cap_exceeded
+--   then the reservation: the api_usage row, the user's reserved counters, and
+--   the budgets' reserved amounts (the budget check is repeated there, atomically).
+-- A fresh cache hit skips budget, throttle, quota and cost cap (it costs nothing)
+-- but still counts in the windows.
+--
+-- OUTPUT (one JSON object; every key always present, null when not computed):
+--   allowed boolean, request_id, dry_run boolean, duplicate boolean,
+--   layer text|null, code text|null, message text|null, retry_after_seconds int|null,
+--   tier text|null,
+--   windows [{name, window_seconds, limit, remaining, reset_at}]   (reset_at: when the
+--           oldest request in the window leaves it, i.e. when a slot frees up),
+--   tokens {daily:{limit,used,reserved,remaining,reset_at}, monthly:{…}}  (limit null:
+--           no quota),
+--   spend {month_to_date_usd, reserved_usd, cap_usd, remaining_usd, reset_at},
+--   warnings [{kind, percent, message}]  (kind: daily_tokens, monthly_tokens,
+--           monthly_cost at >= 80%; unpriced),
+--   feature {name, priority, max_tokens, cache_ttl_seconds}  (max_tokens: effective),
+--   model text (the effective model), restricted {model, max_tokens, reason}|null
+--           (reason: throttle | daily_token_quota | monthly_token_quota),
+--   route [{provider, model, state: closed|open|half_open, probe boolean}]  (try in
+--           order; skip `open`; a `probe: true` step is this request's half-open probe),
+--   prices [{provider, model, input_per_mtok, output_per_mtok, cached_input_per_mtok,
+--           cache_write_per_mtok}]  (overrides for the route's models),
+--   cached {response, cost_usd, cache_key, created_at, expires_at}|null,
+--   reserved {estimated_tokens, estimated_cost_usd}|null.
+--
+-- CONCURRENCY. Two kinds of state are checked-then-written:
+--   * per user (windows, quotas, cost cap): serialized by a transaction-scoped
+--     advisory lock on the user id, taken before anything of the user is read. It
+--     needs no row, so a brand-new user's first concurrent calls serialize too, and
+--     users never wait for each other. Each statement after the lock reads a fresh
+--     snapshot (READ COMMITTED, the default — do not call this in a REPEATABLE READ
+--     transaction), so it sees the rows of the calls admitted before it.
+--   * per budget (shared by all users): one conditional UPDATE of the month's
+--     admission counter, `reserved_total += estimate WHERE committed + estimate
+--     <= limit`. Postgres re-checks the WHERE against the latest row version after
+--     waiting for a concurrent writer, so the cap holds exactly under any
+--     concurrency. It is the last write of the transaction, so the row lock is held
+--     only until the commit: the one place where different users' requests
+--     serialize. Settlements never touch that row (they add to per-session shards
+--     of budget_settlements), and a multi-row alternative (slicing the budget) would
+--     need rebalancing under locks to stay exact.
+--   Lock order everywhere (admit, settle, expiry): the api_usage row, then
+--   provider_health rows, user_usage_daily rows, usage_daily rows, budget rows (by
+--   budget id) — so no two of them can deadlock.
+-- ============================================================================
+
+-- The parsed input of admit() (numbers as numeric: validated before conversion).
+create type tollgate.admit_request as (
+  request_id uuid,
+  user_id uuid,
+  is_anonymous boolean,
+  feature text,
+  model text,
+  estimated_input_tokens numeric,
+  max_output_tokens numeric,
+  estimated_cost_usd numeric,
+  dry_run boolean,
+  cache_key text,
+  cache_ttl_seconds numeric
+);
+comment on type tollgate.admit_request is 'Internal: admit()''s input after validation.';
+
+-- How this function is written: PL/pgSQL keeps each statement's plan for the session,
+-- but sets up its executor state again in every transaction — and every call is its
+-- own transaction. The cost is therefore mostly in the NUMBER of statements run, so
+-- admission reads in a few wide statements (configuration; the user's counters and
+-- windows; route, prices and budgets) and writes in three (api_usage,
+-- user_usage_daily, budget_periods).
+create function tollgate.admit(request jsonb)
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_req tollgate.admit_request;
+  v_problem text;
+  v_input_tokens integer;
+  v_dry_run boolean := false;
+  -- Time (taken after the user lock, so it orders like the lock).
+  v_now timestamptz;
+  v_today date;
+  v_month date;
+  v_next_day timestamptz;
+  v_next_month timestamptz;
+  -- Configuration.
+  v_tier_name text;
+  v_daily_limit bigint;
+  v_monthly_limit bigint;
+  v_cost_cap numeric;
+  v_tier_max_output integer;
+  v_feature_name text;
+  v_feature_priority text;
+  v_feature_models text[];
+  v_feature_max_tokens integer;
+  v_feature_restricted_max integer;
+  v_feature_cache_ttl integer;
+  v_feature_paused boolean;
+  v_feature_paused_reason text;
+  v_throttled boolean;
+  v_throttle_reason text;
+  v_anomaly_paused boolean;
+  v_anomaly_reason text;
+  -- The user's counters and windows.
+  v_used_today bigint;
+  v_reserved_today bigint;
+  v_used_month bigint;
+  v_reserved_month bigint;
+  v_spent_month numeric;
+  v_reserved_cost_month numeric;
+  v_windows jsonb;
+  v_window_block jsonb;
+  v_kth timestamptz;
+  v_wait integer;
+  -- A retried admission.
+  v_existing jsonb;
+  v_used_elsewhere boolean;
+  v_duplicate boolean := false;
+  -- Route, pricing, cache.
+  v_effective_model text;
+  v_max_tokens integer;
+  v_restricted_reason text;
+  v_route_providers text[];
+  v_route_models text[];
+  v_route_states text[];
+  v_route_probe_due boolean[];
+  v_prices_json jsonb;
+  v_price_in numeric;
+  v_price_out numeric;
+  v_estimate numeric;
+  v_reserved_tokens integer;
+  v_cache_ttl integer;
+  v_cache tollgate.response_cache;
+  v_cached boolean := false;
+  -- Budgets that apply (ordered by id).
+  v_budget_ids bigint[];
+  v_budget_limits numeric[];
+  v_budget_capped boolean[];
+  v_budget_reserved numeric[];
+  v_budget_settled numeric[];
+  v_budget_blocked boolean;
+  v_step integer;
+  v_reserved_budgets integer := 0;
+  -- Decision and answer.
+  v_allowed boolean := false;
+  v_added integer := 0;
+  v_layer text;
+  v_code text;
+  v_message text;
+  v_retry_after integer;
+  v_warnings jsonb := '[]'::jsonb;
+  v_route_json jsonb;
+  v_budget_pending boolean := false;
+  v_shown_reserved_tokens bigint := 0;
+  v_shown_reserved_cost numeric := 0;
+  v_all_warnings jsonb;
+  v_answer jsonb;
+begin
+  <<decide>>
+  begin
+    ---------------------------------------------------------------- the input
+    -- One expression checks every key's JSON type and range (nothing here raises: a bad
+    -- value becomes `invalid_request`); then one call converts them.
+    v_problem := case
+      when request is null or jsonb_typeof(request) <> 'object' then 'the request must be a JSON object'
+      when jsonb_typeof(request -> 'request_id') is distinct from 'string'
+        or (request ->> 'request_id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+        then 'request_id must be a UUID'
+      when jsonb_typeof(request -> 'user_id') is distinct from 'string'
+        or (request ->> 'user_id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+        then 'user_id must be a UUID'
+      when coalesce(jsonb_typeof(request -> 'is_anonymous'), 'null') not in ('boolean', 'null')
+        then 'is_anonymous must be a boolean'
+      when coalesce(jsonb_typeof(request -> 'dry_run'), 'null') not in ('boolean', 'null')
+        then 'dry_run must be a boolean'
+      when coalesce(jsonb_typeof(request -> 'feature'), 'null') not in ('string', 'null')
+        or length(request ->> 'feature') not between 1 and 64
+        then 'feature must be a name of 1 to 64 characters'
+      when jsonb_typeof(request -> 'model') is distinct from 'string' or length(request ->> 'model') not between 1 and 200
+        then 'model must be a model name of 1 to 200 characters'
+      when case coalesce(jsonb_typeof(request -> 'estimated_input_tokens'), 'null')
+          when 'null' then false
+          when 'number' then (request -> 'estimated_input_tokens')::numeric not between 0 and 10000000
+            or (request -> 'estimated_input_tokens')::numeric % 1 <> 0
+          else true end
+        then 'estimated_input_tokens must be a whole number from 0 to 10,000,000'
+      when case coalesce(jsonb_typeof(request -> 'max_output_tokens'), 'null')
+          when 'null' then false
+          when 'number' then (request -> 'max_output_tokens')::numeric not between 1 and 1000000
+            or (request -> 'max_output_tokens')::numeric % 1 <> 0
+          else true end
+        then 'max_output_tokens must be null or a whole number from 1 to 1,000,000'
+      when case coalesce(jsonb_typeof(request -> 'estimated_cost_usd'), 'null')
+          when 'null' then false
+          when 'number' then (request -> 'estimated_cost_usd')::numeric not between 0 and 1000
+          when 'string' then (request ->> 'estimated_cost_usd') !~ '^[0-9]{1,4}(\.[0-9]{1,20})?$'
+            or (request ->> 'estimated_cost_usd')::numeric > 1000
+          else true end
+        then 'estimated_cost_usd must be a number of US dollars from 0 to 1000'
+      when coalesce(jsonb_typeof(request -> 'cache_key'), 'null') not in ('string', 'null')
+        or length(request ->> 'cache_key') not between 1 and 512
+        then 'cache_key must be null or a string of 1 to 512 characters'
+      when case coalesce(jsonb_typeof(request -> 'cache_ttl_seconds'), 'null')
+          when 'null' then false
+          when 'number' then (request -> 'cache_ttl_seconds')::numeric not between 0 and 2592000
+            or (request -> 'cache_ttl_seconds')::numeric % 1 <> 0
+          else true end
+        then 'cache_ttl_seconds must be null or a whole number from 0 to 2,592,000'
+    end;
+    if v_problem is not null then
+      v_dry_run := coalesce(
+        case when jsonb_typeof(request -> 'dry_run') = 'boolean' then (request ->> 'dry_run')::boolean end, false);
+      v_layer := 'request';
+      v_code := 'invalid_request';
+      v_message := 'Invalid request: ' || v_problem || '.';
+      exit decide;
+    end if;
+    v_req := jsonb_populate_record(null::tollgate.admit_request, request);
+    v_req.feature := coalesce(v_req.feature, 'default');
+    v_dry_run := coalesce(v_req.dry_run, false);
+    v_input_tokens := coalesce(v_req.estimated_input_tokens, 0)::integer;
+
+    ---------------------------------------------------------------- configuration, in one read
+    -- The user (must exist), their plan and tier, the feature and the gateway flags.
+    -- A user without a plan is on `anonymous` (anonymous sign-in, by the request or by
+    -- auth.users) or `free`.
+    select t.name, coalesce(p.daily_token_quota, t.daily_token_quota),
+      coalesce(p.monthly_token_quota, t.monthly_token_quota),
+      coalesce(p.monthly_cost_cap_usd, t.monthly_cost_cap_usd), t.max_output_tokens,
+      f.name, f.priority, f.allowed_models, f.max_tokens, f.restricted_max_tokens, f.cache_ttl_seconds,
+      f.paused, f.paused_reason, s.throttled, s.throttle_reason, s.anomaly_paused, s.anomaly_reason
+    into v_tier_name, v_daily_limit, v_monthly_limit, v_cost_cap, v_tier_max_output,
+      v_feature_name, v_feature_priority, v_feature_models, v_feature_max_tokens, v_feature_restricted_max,
+      v_feature_cache_ttl, v_feature_paused, v_feature_paused_reason, v_throttled, v_throttle_reason,
+      v_anomaly_paused, v_anomaly_reason
+    from auth.users as u
+    left join tollgate.user_plans as p on p.user_id = u.id
+    left join tollgate.tiers as t on t.name = coalesce(p.tier,
+      case when coalesce(v_req.is_anonymous, false) or coalesce(u.is_anonymous, false) then 'anonymous' else 'free' end)
+    left join tollgate.features as f on f.name = v_req.feature
+    left join tollgate.gateway_state as s on s.id
+    where u.id = v_req.user_id;
+    if not found then
+      v_layer := 'request';
+      v_code := 'invalid_request';
+      v_message := 'Invalid request: unknown user.';
+      exit decide;
+    end if;
+    if v_tier_name is null then
+      raise exception 'tollgate.admit: the tier of user % is not configured', v_req.user_id
+        using errcode = 'P0001',
+          hint = 'Insert the tier into tollgate.tiers (the `free` and `anonymous` tiers are the defaults).';
+    end if;
+
+    ---------------------------------------------------------------- the user's counters and windows, under the user lock
+    -- Serializes this user's admissions (see CONCURRENCY above); released at commit.
+    -- The key is a 64-bit hash of the user id, seeded so it does not meet other
+    -- applications' advisory locks by accident. Dry runs decide without it.
+    if not v_dry_run then
+      perform pg_advisory_xact_lock(hashtextextended(v_req.user_id::text, 7104));
+    end if;
+    v_now := clock_timestamp();
+    v_today := (v_now at time zone 'UTC')::date;
+    v_month := date_trunc('month', v_today::timestamp)::date;
+    v_next_day := (v_today + 1)::timestamp at time zone 'UTC';
+    v_next_month := (v_month + interval '1 month')::timestamp at time zone 'UTC';
+
+    -- Token quotas and the cost cap read the per-user daily rollup (at most 31 rows);
+    -- the tier's sliding windows count api_usage (one index range scan each on
+    -- (user_id, created_at)); and a reservation already made under this request id.
+    select
+      coalesce(sum(d.input_tokens + d.output_tokens) filter (where d.day = v_today), 0),
+      coalesce(sum(d.reserved_tokens) filter (where d.day = v_today), 0),
+      coalesce(sum(d.input_tokens + d.output_tokens), 0),
+      coalesce(sum(d.reserved_tokens), 0),
+      coalesce(sum(d.cost_usd), 0),
+      coalesce(sum(d.reserved_cost_usd), 0),
+      (select coalesce(jsonb_agg(jsonb_build_object(
+          'name', w.name,
+          'window_seconds', w.window_seconds,
+          'limit', w.max_requests,
+          'count', c.n,
+          'oldest', c.oldest) order by w.window_seconds, w.name), '[]')
+        from tollgate.tier_windows as w
+        cross join lateral (
+          select count(*) as n, min(u.created_at) as oldest
+          from public.api_usage as u
+          where u.user_id = v_req.user_id
+            and u.created_at > v_now - make_interval(secs => w.window_seconds)
+        ) as c
+        where w.tier = v_tier_name),
+      (select to_jsonb(u) from public.api_usage as u where u.request_id = v_req.request_id and not v_dry_run),
+      (select true from public.ai_api_calls as c where c.request_id = v_req.request_id and not v_dry_run)
+    into v_used_today, v_reserved_today, v_used_month, v_reserved_month, v_spent_month, v_reserved_cost_month,
+      v_windows, v_existing, v_used_elsewhere
+    from public.user_usage_daily as d
+    where d.user_id = v_req.user_id and d.day >= v_month;
+
+    -- A full window: wait until enough of its oldest requests have left it for one
+    -- more to fit (the longest such wait over the windows).
+    for v_window_block in
+      select w.value from jsonb_array_elements(v_windows) as w
+      where (w.value ->> 'count')::bigint >= (w.value ->> 'limit')::bigint
+    loop
+      v_kth := null;
+      if (v_window_block ->> 'limit')::integer > 0 then
+        select u.created_at into v_kth
+        from public.api_usage as u
+        where u.user_id = v_req.user_id
+          and u.created_at > v_now - make_interval(secs => (v_window_block ->> 'window_seconds')::integer)
+        order by u.created_at
+        offset (v_window_block ->> 'count')::bigint - (v_window_block ->> 'limit')::bigint
+        limit 1;
+      end if;
+      v_wait := greatest(1, ceil(extract(epoch from coalesce(v_kth, v_now)
+        + make_interval(secs => (v_window_block ->> 'window_seconds')::integer) - v_now))::integer);
+      if v_retry_after is null or v_wait > v_retry_after then
+        v_retry_after := v_wait;
+        v_message := format('Rate limit reached: %s requests per %s. Try again in %s s.',
+          v_window_block ->> 'limit', v_window_block ->> 'name', v_wait);
+      end if;
+    end loop;
+
+    ---------------------------------------------------------------- a retried admission
+    if v_existing is not null then
+      if (v_existing ->> 'user_id')::uuid <> v_req.user_id or v_existing ->> 'status' <> 'reserved' then
+        v_used_elsewhere := true;
+      else
+        v_duplicate := true;
+      end if;
+    end if;
+    if v_used_elsewhere then
+      v_layer := 'request';
+      v_code := 'invalid_request';
+      v_message := 'Invalid request: request_id was already used.';
+      v_retry_after := null;
+      exit decide;
+    end if;
+
+    ---------------------------------------------------------------- layers 1-3: the feature
+    if v_feature_name is null then
+      v_layer := 'feature';
+      v_code := 'unknown_feature';
+      v_message := format('Unknown feature "%s".', v_req.feature);
+      v_retry_after := null;
+      exit decide;
+    end if;
+    if not v_duplicate then
+      if v_feature_models is not null and not (v_req.model = any (v_feature_models)) then
+        v_layer := 'feature';
+        v_code := 'model_not_allowed';
+        v_message := format('Model "%s" is not allowed for feature "%s".', v_req.model, v_feature_name);
+        v_retry_after := null;
+        exit decide;
+      end if;
+      if v_feature_paused then
+        v_layer := 'feature';
+        v_code := 'feature_paused';
+        v_message := format('Feature "%s" is paused%s.', v_feature_name, coalesce(': ' || v_feature_paused_reason, ''));
+        v_retry_after := null;
+        exit decide;
+      end if;
+      if coalesce(v_anomaly_paused, false) and v_feature_priority <> 'critical' then
+        v_layer := 'anomaly';
+        v_code := 'feature_paused';
+        v_message := format('AI features are paused after unusual spending%s; essential features still work.',
+          coalesce(' (' || v_anomaly_reason || ')', ''));
+        v_retry_after := 60;
+        exit decide;
+      end if;
+    end if;
+
+    ---------------------------------------------------------------- cache, restricted mode
+    v_cache_ttl := coalesce(v_req.cache_ttl_seconds::integer, v_feature_cache_ttl);
+    v_max_tokens := least(coalesce(v_req.max_output_tokens::integer, v_feature_max_tokens), v_feature_max_tokens,
+      v_tier_max_output);
+    v_effective_model := v_req.model;
+    if v_duplicate then
+      v_cached := (v_existing ->> 'cached')::boolean;
+      v_effective_model := v_existing ->> 'model';
+      v_max_tokens := (v_existing ->> 'max_output_tokens')::integer;
+    else
+      if v_req.cache_key is not null and v_cache_ttl > 0 then
+        select c.* into v_cache
+        from tollgate.response_cache as c
+        where c.cache_key = v_req.cache_key and c.expires_at > v_now;
+        v_cached := found;
+      end if;
+      if not v_cached then
+        if coalesce(v_throttled, false) and v_feature_priority = 'normal' then
+          v_restricted_reason := 'throttle';
+        elsif v_daily_limit is not null and v_used_today + v_reserved_today >= v_daily_limit then
+          v_restricted_reason := 'daily_token_quota';
+        elsif v_monthly_limit is not null and v_used_month + v_reserved_month >= v_monthly_limit then
+          v_restricted_reason := 'monthly_token_quota';
+        end if;
+        if v_restricted_reason is not null then
+          v_effective_model := coalesce(
+            (select r.cheaper_model from tollgate.routes as r where r.model = v_req.model), v_req.model);
+          v_max_tokens := least(v_max_tokens, v_feature_restricted_max);
+          v_layer := case when v_restricted_reason = 'throttle' then 'throttle' else 'user_quota' end;
+        end if;
+      end if;
+    end if;
+
+    ---------------------------------------------------------------- route, prices and budgets, in one read
+    -- The route of the effective model with each step's breaker (no row: closed); a
+    -- model without a route goes to one provider chosen by its name. The price
+    -- overrides of the route's models (a dated snapshot such as gpt-4o-2024-08-06
+    -- matches its undated row); the primary step's replaces the function's estimate.
+    -- The budgets that apply, with their month-to-date commitment.
+    with route as (
+      select rt.position, rt.provider, rt.model
+      from tollgate.route_targets as rt
+      where rt.route_model = v_effective_model
+      union all
+      select 1, case when v_effective_model like 'claude%' then 'anthropic' else 'openai' end, v_effective_model
+      where not exists (select from tollgate.route_targets as rt2 where rt2.route_model = v_effective_model)
+    ),
+    steps as (
+      select r.position, r.provider, r.model, coalesce(h.state, 'closed') as state,
+        coalesce(
+          (h.state = 'open' and h.opened_at + make_interval(secs => h.cooldown_seconds) <= v_now)
+          or (h.state = 'half_open' and h.probe_started_at + make_interval(secs => h.cooldown_seconds) <= v_now),
+          false) as probe_due
+      from route as r
+      left join tollgate.provider_health as h on h.provider = r.provider and h.model = r.model
+    ),
+    prices as (
+      select mp.*, s.position
+      from steps as s
+      join tollgate.model_prices as mp on mp.provider = s.provider
+        and mp.model in (lower(s.model), regexp_replace(lower(s.model), '-(\d{4}-\d{2}-\d{2}|\d{8})$', ''))
+    ),
+    budgets as (
+      -- committed = reserved_total - released + spent (see budget_periods). Settlements
+      -- read here may be a moment old: they only ever lower the commitment (unless a
+      -- call cost more than its estimate), so a stale read errs on the safe side.
+      select b.id, b.monthly_limit_usd,
+        b.hard_cap and not (b.exempt_critical and v_feature_priority = 'critical') as capped,
+        p.reserved_total_usd,  -- null: no row for the month yet
+        coalesce((
+          select sum(st.spent_usd - st.released_usd)
+          from tollgate.budget_settlements as st
+          where st.budget_id = b.id and st.period_start = v_month), 0) as settled_net_usd
+      from tollgate.budgets as b
+      left join tollgate.budget_periods as p on p.budget_id = b.id and p.period_start = v_month
+      where b.scope = 'global' or b.feature = v_feature_name
+    )
+    select r.providers, r.models, r.states, r.probe_due, p.prices, p.input_per_mtok, p.output_per_mtok,
+      b.ids, b.limits, b.capped, b.reserved_totals, b.settled_nets
+    into v_route_providers, v_route_models, v_route_states, v_route_probe_due, v_prices_json, v_price_in,
+      v_price_out, v_budget_ids, v_budget_limits, v_budget_capped, v_budget_reserved, v_budget_settled
+    from (
+      select array_agg(s.provider order by s.position) as providers, array_agg(s.model order by s.position) as models,
+        array_agg(s.state order by s.position) as states, array_agg(s.probe_due order by s.position) as probe_due
+      from steps as s
+    ) as r
+    cross join (
+      select
+        coalesce(jsonb_agg(distinct jsonb_build_object(
+          'provider', pr.provider,
+          'model', pr.model,
+          'input_per_mtok', pr.input_per_mtok,
+          'output_per_mtok', pr.output_per_mtok,
+          'cached_input_per_mtok', pr.cached_input_per_mtok,
+          'cache_write_per_mtok', pr.cache_write_per_mtok)), '[]') as prices,
+        (array_agg(pr.input_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1] as input_per_mtok,
+        (array_agg(pr.output_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1] as output_per_mtok
+      from prices as pr
+    ) as p
+    cross join (
+      select coalesce(array_agg(bu.id order by bu.id), '{}') as ids,
+        coalesce(array_agg(bu.monthly_limit_usd order by bu.id), '{}') as limits,
+        coalesce(array_agg(bu.capped order by bu.id), '{}') as capped,
+        array_agg(bu.reserved_total_usd order by bu.id) as reserved_totals,
+        array_agg(bu.settled_net_usd order by bu.id) as settled_nets
+      from budgets as bu
+    ) as b;
+
+    ---------------------------------------------------------------- the estimate
+    if v_duplicate then
+      v_estimate := (v_existing ->> 'reserved_cost')::numeric;
+      v_reserved_tokens := (v_existing ->> 'estimated_input_tokens')::integer
+        + (v_existing ->> 'max_output_tokens')::integer;
+    elsif v_cached then
+      v_estimate := 0;
+      v_reserved_tokens := 0;
+      v_budget_ids := '{}';
+    else
+      if v_price_in is not null then
+        -- USD per million tokens = micro-dollars per token; round up to the micro-dollar.
+        v_estimate := round(ceil(v_input_tokens * v_price_in + v_max_tokens * v_price_out) / 1000000, 6);
+      else
+        v_estimate := round(ceil(coalesce(v_req.estimated_cost_usd, 0) * 1000000) / 1000000, 6);
+        if v_req.estimated_cost_usd is null then
+          v_warnings := v_warnings || jsonb_build_object('kind', 'unpriced', 'percent', null,
+            'message', 'No cost estimate was given: the reservation counts no money.');
+        end if;
+      end if;
+      if v_estimate > 1000 then
+        v_layer := 'request';
+        v_code := 'invalid_request';
+        v_message := 'Invalid request: the estimated cost is over 1000 USD.';
+        v_retry_after := null;
+        exit decide;
+      end if;
+      v_reserved_tokens := v_input_tokens + v_max_tokens;
+    end if;
+
+    if not v_duplicate then
+      ---------------------------------------------------------------- layer 4: budgets
+      -- A read here, in layer order; repeated atomically at the reservation below.
+      v_budget_blocked := false;
+      if not v_cached then
+        for v_i in 1 .. cardinality(v_budget_ids) loop
+          if v_budget_capped[v_i]
+            and (coalesce(v_budget_reserved[v_i], 0) + v_budget_settled[v_i] + v_estimate > v_budget_limits[v_i]
+              or coalesce(v_budget_reserved[v_i], 0) + v_budget_settled[v_i] >= v_budget_limits[v_i]) then
+            v_budget_blocked := true;
+          end if;
+        end loop;
+      end if;
+      if v_budget_blocked then
+        v_layer := 'budget';
+        v_code := 'budget_exceeded';
+        v_message := 'The monthly AI budget is used up; requests resume when the next month starts or the budget is raised.';
+        v_retry_after := ceil(extract(epoch from v_next_month - v_now))::integer;
+        exit decide;
+      end if;
+
+      ---------------------------------------------------------------- layer 5: the throttle sheds background work
+      if not v_cached and coalesce(v_throttled, false) and v_feature_priority = 'background' then
+        v_layer := 'throttle';
+        v_code := 'throttled';
+        v_message := format('The gateway is throttled%s: background requests are paused.',
+          coalesce(' (' || v_throttle_reason || ')', ''));
+        v_retry_after := 60;
+        exit decide;
+      end if;
+
+      ---------------------------------------------------------------- layer 6: the tier's sliding windows
+      if v_retry_after is not null then
+        v_layer := 'user_window';
+        v_code := 'rate_limited';
+        exit decide;
+      end if;
+
+      ---------------------------------------------------------------- layer 7: the monthly cost cap is hard
+      -- (token quotas only restrict: see restricted mode above)
+      if not v_cached and v_cost_cap is not null
+        and (v_spent_month + v_reserved_cost_month + v_estimate > v_cost_cap
+          or v_spent_month + v_reserved_cost_month >= v_cost_cap) then
+        v_layer := 'user_cost_cap';
+        v_code := 'cost_cap_exceeded';
+        v_message := format('Your plan''s monthly AI spending cap (%s USD) is reached; it resets next month.',
+          to_char(v_cost_cap, 'FM999999990.00'));
+        v_retry_after := ceil(extract(epoch from v_next_month - v_now))::integer;
+        exit decide;
+      end if;
+    end if;
+    v_retry_after := null;
+    v_message := null;
+    v_allowed := true;
+    if v_dry_run or v_duplicate then
+      exit decide;
+    end if;
+
+    ---------------------------------------------------------------- the reservation
+    -- Half-open probes first (provider_health rows come before user rows in the lock
+    -- order): an open breaker whose cooldown has passed is granted to exactly one
+    -- request — the conditional UPDATE re-checks after a concurrent grant.
+    if not v_cached and true = any (v_route_probe_due) then
+      -- In (provider, model) order, the order settle() updates breakers in.
+      for v_step in
+        select s.i from generate_subscripts(v_route_providers, 1) as s (i)
+        order by v_route_providers[s.i], v_route_models[s.i]
+      loop
+        if v_route_probe_due[v_step] then
+          update tollgate.provider_health as h
+          set state = 'half_open',
+              probe_request_id = v_req.request_id,
+              probe_started_at = v_now,
+              updated_at = v_now
+          where h.provider = v_route_providers[v_step]
+            and h.model = v_route_models[v_step]
+            and ((h.state = 'open' and h.opened_at + make_interval(secs => h.cooldown_seconds) <= v_now)
+              or (h.state = 'half_open' and h.probe_started_at + make_interval(secs => h.cooldown_seconds) <= v_now));
+          v_route_probe_due[v_step] := found;
+          if found then
+            v_route_states[v_step] := 'probe';
+          end if;
+        end if;
+      end loop;
+    end if;
+
+    insert into public.api_usage (
+      request_id, user_id, created_at, tokens_used, estimated_cost, feature, provider, model, status,
+      estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids, cached)
+    values (
+      v_req.request_id, v_req.user_id, v_now, v_reserved_tokens, v_estimate, v_feature_name, v_route_providers[1],
+      v_effective_model, 'reserved', case when v_cached then 0 else v_input_tokens end,
+      case when v_cached then 0 else v_max_tokens end, v_estimate, v_budget_ids, v_cached);
+    v_added := 1;
+
+    if v_reserved_tokens > 0 or v_estimate > 0 then
+      insert into public.user_usage_daily as d (user_id, day, reserved_tokens, reserved_cost_usd, updated_at)
+      values (v_req.user_id, v_today, v_reserved_tokens, v_estimate, v_now)
+      on conflict (user_id, day) do update
+        set reserved_tokens = d.reserved_tokens + excluded.reserved_tokens,
+            reserved_cost_usd = d.reserved_cost_usd + excluded.reserved_cost_usd,
+            updated_at = excluded.updated_at;
+    end if;
+
+    -- The budget reservation comes last of all, after the answer is built below:
+    -- see CONCURRENCY.
+    v_budget_pending := cardinality(v_budget_ids) > 0;
+  end decide;
+
+  ---------------------------------------------------------------- the answer, then the budgets
+  -- Pass 1 builds the answer for the decision so far and then, for an admitted
+  -- request, reserves on the budgets as the very last statements, so that the shared
+  -- budget row is locked only from its UPDATE to the commit. Should a concurrent
+  -- request have taken the rest of a budget since layer 4, pass 2 undoes this
+  -- request's writes and answers the refusal.
+  <<passes>>
+  for v_pass in 1 .. 2 loop
+    if v_allowed then
+      v_code := null;
+      if v_restricted_reason is null then
+        v_layer := null;
+      end if;
+      select jsonb_agg(jsonb_build_object(
+          'provider', r.provider,
+          'model', r.model,
+          'state', case r.state when 'probe' then 'half_open' when 'closed' then 'closed' else 'open' end,
+          'probe', r.state = 'probe') order by r.ordinality)
+      into v_route_json
+      from unnest(v_route_providers, v_route_models, v_route_states) with ordinality as r (provider, model, state);
+    end if;
+
+    if v_tier_name is not null then
+      -- This request's own reservation, once made (a refusal may come before its estimate).
+      v_shown_reserved_tokens := case when v_added > 0 then v_reserved_tokens else 0 end;
+      v_shown_reserved_cost := case when v_added > 0 then v_estimate else 0 end;
+      -- Seed 001: tell users at 80% of a quota.
+      select v_warnings || coalesce(jsonb_agg(jsonb_build_object('kind', q.kind, 'percent', floor(q.used * 100 / q.quota),
+          'message', q.message)), '[]')
+      into v_all_warnings
+      from (values
+        ('daily_tokens', (v_used_today + v_reserved_today + v_shown_reserved_tokens)::numeric, v_daily_limit::numeric,
+          'You have used most of today''s token quota.'),
+        ('monthly_tokens', (v_used_month + v_reserved_month + v_shown_reserved_tokens)::numeric, v_monthly_limit::numeric,
+          'You have used most of this month''s token quota.'),
+        ('monthly_cost', v_spent_month + v_reserved_cost_month + v_shown_reserved_cost, v_cost_cap,
+          'You have used most of this month''s spending cap.')
+      ) as q (kind, used, quota, message)
+      where q.quota > 0 and q.used * 100 >= q.quota * 80;
+    else
+      v_all_warnings := v_warnings;
+    end if;
+
+    if not v_allowed and not v_dry_run then
+      insert into tollgate.rejections (created_at, request_id, user_id, tier, feature, model, layer, code)
+      values (coalesce(v_now, clock_timestamp()), v_req.request_id, v_req.user_id, v_tier_name,
+        left(coalesce(v_req.feature, request ->> 'feature'), 64), left(coalesce(v_req.model, request ->> 'model'), 200),
+        v_layer, v_code);
+    end if;
+
+    v_answer := jsonb_build_object(
+      'allowed', v_allowed,
+      'request_id', coalesce(to_jsonb(v_req.request_id), request -> 'request_id'),
+      'dry_run', v_dry_run,
+      'duplicate', v_duplicate,
+      'layer', v_layer,
+      'code', v_code,
+      'message', v_message,
+      'retry_after_seconds', v_retry_after,
+      'tier', v_tier_name,
+      'windows', (
+        -- What remains once this request is admitted (if it is), and when the oldest
+        -- request in each window leaves it.
+        select jsonb_agg(jsonb_build_object(
+            'name', w.value -> 'name',
+            'window_seconds', w.value -> 'window_seconds',
+            'limit', w.value -> 'limit',
+            'remaining', greatest((w.value ->> 'limit')::bigint - (w.value ->> 'count')::bigint - v_added, 0),
+            'reset_at', case
+              when (w.value ->> 'count')::bigint > 0
+                then (w.value ->> 'oldest')::timestamptz + make_interval(secs => (w.value ->> 'window_seconds')::integer)
+              when v_added > 0 then v_now + make_interval(secs => (w.value ->> 'window_seconds')::integer)
+              else v_now
+            end) order by w.ordinality)
+        from jsonb_array_elements(v_windows) with ordinality as w),
+      'tokens', case when v_tier_name is not null then jsonb_build_object(
+        'daily', jsonb_build_object(
+          'limit', v_daily_limit, 'used', v_used_today, 'reserved', v_reserved_today + v_shown_reserved_tokens,
+          'remaining', case when v_daily_limit is not null
+            then greatest(v_daily_limit - v_used_today - v_reserved_today - v_shown_reserved_tokens, 0) end,
+          'reset_at', v_next_day),
+        'monthly', jsonb_build_object(
+          'limit', v_monthly_limit, 'used', v_used_month, 'reserved', v_reserved_month + v_shown_reserved_tokens,
+          'remaining', case when v_monthly_limit is not null
+            then greatest(v_monthly_limit - v_used_month - v_reserved_month - v_shown_reserved_tokens, 0) end,
+          'reset_at', v_next_month)) end,
+      'spend', case when v_tier_name is not null then jsonb_build_object(
+        'month_to_date_usd', v_spent_month,
+        'reserved_usd', v_reserved_cost_month + v_shown_reserved_cost,
+        'cap_usd', v_cost_cap,
+        'remaining_usd', case when v_cost_cap is not null
+          then greatest(v_cost_cap - v_spent_month - v_reserved_cost_month - v_shown_reserved_cost, 0) end,
+        'reset_at', v_next_month) end,
+      'warnings', v_all_warnings,
+      'feature', case when v_feature_name is not null then jsonb_build_object(
+        'name', v_feature_name,
+        'priority', v_feature_priority,
+        'max_tokens', v_max_tokens,
+        'cache_ttl_seconds', v_cache_ttl) end,
+      'model', v_effective_model,
+      'restricted', case when v_restricted_reason is not null and v_allowed then jsonb_build_object(
+        'model', v_effective_model,
+        'max_tokens', v_max_tokens,
+        'reason', v_restricted_reason) end,
+      'route', v_route_json,
+      'prices', case when v_allowed then v_prices_json end,
+      'cached', case when v_cached and v_allowed and v_cache.cache_key is not null then jsonb_build_object(
+        'response', v_cache.response,
+        'cost_usd', v_cache.cost_usd,
+        'cache_key', v_cache.cache_key,
+        'created_at', v_cache.created_at,
+        'expires_at', v_cache.expires_at) end,
+      'reserved', case when v_allowed then jsonb_build_object(
+        'estimated_tokens', v_reserved_tokens,
+        'estimated_cost_usd', v_estimate) end
+    );
+
+    exit when not v_budget_pending;
+    v_budget_pending := false;
+    -- The budgets, last of all (see CONCURRENCY): reserve on each in id order; a hard
+    -- cap re-checks the limit against the row's latest version. A budget's first
+    -- request of a month creates the month's row, then retries.
+    for v_i in 1 .. cardinality(v_budget_ids) loop
+      update tollgate.budget_periods as p
+      set reserved_total_usd = p.reserved_total_usd + v_estimate,
+          updated_at = v_now
+      where p.budget_id = v_budget_ids[v_i]
+        and p.period_start = v_month
+        and (not v_budget_capped[v_i]
+          or (p.reserved_total_usd + v_budget_settled[v_i] + v_estimate <= v_budget_limits[v_i]
+            and p.reserved_total_usd + v_budget_settled[v_i] < v_budget_limits[v_i]));
+      if not found and v_budget_reserved[v_i] is null then
+        insert into tollgate.budget_periods (budget_id, period_start)
+        values (v_budget_ids[v_i], v_month)
+        on conflict do nothing;
+        update tollgate.budget_periods as p
+        set reserved_total_usd = p.reserved_total_usd + v_estimate,
+            updated_at = v_now
+        where p.budget_id = v_budget_ids[v_i]
+          and p.period_start = v_month
+          and (not v_budget_capped[v_i]
+            or (p.reserved_total_usd + v_budget_settled[v_i] + v_estimate <= v_budget_limits[v_i]
+              and p.reserved_total_usd + v_budget_settled[v_i] < v_budget_limits[v_i]));
+      end if;
+      if not found then
+        -- Concurrent requests took the rest of the budget since the check above:
+        -- undo this transaction's writes and refuse.
+        update tollgate.budget_periods as p
+        set reserved_total_usd = p.reserved_total_usd - v_estimate
+        where p.budget_id = any (v_budget_ids[1:v_reserved_budgets]) and p.period_start = v_month;
+        delete from public.api_usage as u where u.request_id = v_req.request_id;
+        update public.user_usage_daily as d
+        set reserved_tokens = d.reserved_tokens - v_reserved_tokens,
+            reserved_cost_usd = d.reserved_cost_usd - v_estimate
+        where d.user_id = v_req.user_id and d.day = v_today and (v_reserved_tokens > 0 or v_estimate > 0);
+        update tollgate.provider_health as h
+        set state = 'open', probe_request_id = null, probe_started_at = null
+        where h.probe_request_id = v_req.request_id and h.state = 'half_open';
+        v_added := 0;
+        v_allowed := false;
+        v_layer := 'budget';
+        v_code := 'budget_exceeded';
+        v_message := 'The monthly AI budget is used up; requests resume when the next month starts or the budget is raised.';
+        v_retry_after := ceil(extract(epoch from v_next_month - v_now))::integer;
+        continue passes;
+      end if;
+      v_reserved_budgets := v_i;
+    end loop;
+  end loop;
+  return v_answer;
+end;
+$$;
+
+comment on function tollgate.admit(jsonb) is
+  'Admission: decides (feature, anomaly, budget, throttle, windows, quotas, cost cap), reserves the estimate and returns the decision, limits, restricted-mode caps, route with breaker states, price overrides and cache hit as one JSON object. Atomic under concurrency. Called by the ai function as postgres (or service_role); never by clients. Contract in the header of this migration.';
+
+revoke all on function tollgate.admit(jsonb) from public, anon, authenticated;
+grant execute on function tollgate.admit(jsonb) to service_role;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.usage(user_id, is_anonymous): the caller's limits, for GET /v1/usage
+-- ----------------------------------------------------------------------------
+-- A dry-run admission of a `default` request, reduced to what describes the user:
+-- tier, windows, tokens, spend, warnings. Reserves and records nothing.
+create function tollgate.usage(user_id uuid, is_anonymous boolean default false)
+returns jsonb
+language sql
+volatile
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'user_id', usage.user_id,
+    'tier', a -> 'tier',
+    'windows', a -> 'windows',
+    'tokens', a -> 'tokens',
+    'spend', a -> 'spend',
+    'warnings', a -> 'warnings',
+    'error', case when a ->> 'code' = 'invalid_request' then a -> 'message' end)
+  from tollgate.admit(jsonb_build_object(
+    'request_id', gen_random_uuid(),
+    'user_id', usage.user_id,
+    'is_anonymous', coalesce(usage.is_anonymous, false),
+    'model', 'usage',
+    'estimated_cost_usd', 0,
+    'dry_run', true)) as a
+$$;
+comment on function tollgate.usage(uuid, boolean) is
+  'The user''s tier, windows (remaining, reset), token quotas and month-to-date spend, without reserving anything (GET /v1/usage). Called by the ai function as postgres or service_role.';
+revoke all on function tollgate.usage(uuid, boolean) from public, anon, authenticated;
+grant execute on function tollgate.usage(uuid, boolean) to service_role;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.models_for(feature): the models a client may ask for (GET /v1/models)
+-- ----------------------------------------------------------------------------
+-- The feature's allowed_models when it restricts them; otherwise every model with a
+-- route. (A model without a route is still admitted, on its provider's default
+-- route; this lists the ones the operator configured.) Unknown feature: empty.
+create function tollgate.models_for(feature text)
+returns text[]
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select case
+    when f.name is null then '{}'::text[]
+    when f.allowed_models is not null then f.allowed_models
+    else (select coalesce(array_agg(r.model order by r.model), '{}') from tollgate.routes as r)
+  end
+  from (select) as one
+  left join tollgate.features as f on f.name = models_for.feature
+$$;
+comment on function tollgate.models_for(text) is
+  'The models a client may request for a feature (its allowed_models, else every configured route), for GET /v1/models. Called by the ai function as postgres or service_role.';
+revoke all on function tollgate.models_for(text) from public, anon, authenticated;
+grant execute on function tollgate.models_for(text) to service_role;

@@ -1,0 +1,209 @@
+/**
+ * tollgate.admit under real concurrency: many server sessions at once (a postgres.js pool of up to 100 connections),
+ * the way isolates of the ai function call it. Per-user limits and budget hard caps hold exactly; users do not wait for
+ * each other.
+ */
+import assert from "node:assert/strict";
+import {
+  admit,
+  call,
+  connect,
+  createFeature,
+  createTier,
+  createUser,
+  createUsers,
+  dbTest,
+  request,
+  settle,
+  uniqueName,
+} from "./stack/fixtures.ts";
+
+const count = <T>(items: T[], test: (item: T) => boolean) => items.filter(test).length;
+
+dbTest("db: 200 parallel admissions for one user with a limit of 20 admit exactly 20", async () => {
+  const sql = connect(100);
+  try {
+    const tier = await createTier(sql, {
+      windows: [{ name: "minute", seconds: 60, maxRequests: 20 }, { name: "hour", seconds: 3600, maxRequests: 1000 }],
+    });
+    const user = await createUser({ tier });
+    const answers = await Promise.all(Array.from({ length: 200 }, () => admit(sql, request(user))));
+
+    assert.equal(count(answers, (a) => a.allowed), 20, "exactly the limit is admitted");
+    assert.equal(count(answers, (a) => a.code === "rate_limited" && a.layer === "user_window"), 180);
+    for (const refused of answers.filter((a) => !a.allowed)) {
+      assert.ok(
+        refused.retry_after_seconds! >= 1 && refused.retry_after_seconds! <= 60,
+        "a refusal says when to retry",
+      );
+      assert.equal(refused.windows![0].remaining, 0);
+    }
+    const [{ rows }] = await sql`select count(*)::int as rows from public.api_usage where user_id = ${user}`;
+    assert.equal(rows, 20, "one reservation per admitted request");
+  } finally {
+    await sql.end();
+  }
+});
+
+dbTest("db: a brand-new user's first concurrent burst admits exactly the free tier's 10 per minute", async () => {
+  const sql = connect(100);
+  try {
+    const user = await createUser(); // no plan, no history, no rollup row yet
+    const answers = await Promise.all(Array.from({ length: 100 }, () => admit(sql, request(user))));
+
+    assert.equal(count(answers, (a) => a.allowed), 10);
+    assert.ok(answers.every((a) => a.tier === "free"));
+    const [usage] = await sql`
+      select reserved_tokens::int, reserved_cost_usd::text from public.user_usage_daily where user_id = ${user}`;
+    assert.deepEqual(
+      usage,
+      { reserved_tokens: 10 * 200, reserved_cost_usd: "0.010000" },
+      "ten reservations, counted once",
+    );
+  } finally {
+    await sql.end();
+  }
+});
+
+dbTest("db: different users are admitted in parallel, none refused", async () => {
+  const sql = connect(100);
+  try {
+    const tier = await createTier(sql);
+    const users = await createUsers(300, { tier });
+    const answers = await Promise.all(users.map((user) => admit(sql, request(user))));
+    assert.equal(count(answers, (a) => a.allowed), 300);
+    await Promise.all(answers.map((a, i) => settle(sql, call(a, users[i]))));
+  } finally {
+    await sql.end();
+  }
+});
+
+dbTest("db: one user's admissions do not wait for another user's", async () => {
+  const sql = connect(10);
+  const [alice, bob] = await createUsers(2);
+  const holder = await sql.reserve();
+  try {
+    // Hold alice's admission lock, as a transaction admitting her would.
+    await holder`begin`;
+    await holder`select pg_advisory_xact_lock(hashtextextended(${alice}::text, 7104))`;
+
+    const started = performance.now();
+    const forBob = await sql.begin(async (tx) => {
+      await tx`set local lock_timeout = '2s'`;
+      return await admit(tx, request(bob));
+    });
+    assert.equal(forBob.allowed, true, "bob is admitted while alice's lock is held");
+    assert.ok(performance.now() - started < 1000, "without waiting for it");
+
+    await assert.rejects(
+      sql.begin(async (tx) => {
+        await tx`set local lock_timeout = '300ms'`;
+        await admit(tx, request(alice));
+      }),
+      (error: { code?: string }) => error.code === "55P03",
+      "alice's next admission waits for her lock",
+    );
+  } finally {
+    await holder`rollback`;
+    holder.release();
+    await sql.end();
+  }
+});
+
+dbTest("db: a global budget's hard cap is exact under concurrency across many users", async () => {
+  const sql = connect(100);
+  const [budget] = await sql`select id, monthly_limit_usd::text as limit from tollgate.budgets where scope = 'global'`;
+  try {
+    const tier = await createTier(sql);
+    const users = await createUsers(300, { tier });
+    const [before] = await sql`
+      select spent_usd::text as spent, reserved_usd::text as reserved from public.budget_status where scope = 'global'`;
+    // Room for exactly 25 requests of 0.01 USD (and less than a 26th) above what is committed now.
+    await sql`
+      update tollgate.budgets set monthly_limit_usd = ${before.spent}::numeric + ${before.reserved}::numeric + 0.255
+      where id = ${budget.id}`;
+
+    const answers = await Promise.all(users.map((user) => admit(sql, request(user, { estimated_cost_usd: 0.01 }))));
+
+    assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
+    assert.equal(count(answers, (a) => a.code === "budget_exceeded" && a.layer === "budget"), 275);
+    const [during] = await sql`
+      select (reserved_usd - ${before.reserved}::numeric)::text as added, remaining_usd::text as remaining
+      from public.budget_status where scope = 'global'`;
+    assert.deepEqual(during, { added: "0.250000", remaining: "0.005000" }, "25 x 0.01 reserved, never past the limit");
+
+    // Settling releases every reservation: nothing leaks into a false "budget exceeded" later.
+    await Promise.all(answers.map((a, i) => a.allowed ? settle(sql, call(a, users[i], { cost_usd: 0.004 })) : null));
+    const [after] = await sql`
+      select (spent_usd - ${before.spent}::numeric)::text as spent, (reserved_usd - ${before.reserved}::numeric)::text as reserved
+      from public.budget_status where scope = 'global'`;
+    assert.deepEqual(after, { spent: "0.100000", reserved: "0.000000" }, "25 x 0.004 spent, the estimates released");
+  } finally {
+    await sql`update tollgate.budgets set monthly_limit_usd = ${budget.limit}::numeric where id = ${budget.id}`;
+    await sql.end();
+  }
+});
+
+dbTest("db: a feature budget's hard cap is exact too, and settlement frees its reservations exactly", async () => {
+  const sql = connect(100);
+  try {
+    const tier = await createTier(sql);
+    const feature = await createFeature(sql, { budgetUsd: 0.2 });
+    const users = await createUsers(120, { tier });
+    const admitOne = (user: string) => admit(sql, request(user, { feature, estimated_cost_usd: 0.01 }));
+
+    const first = await Promise.all(users.map(admitOne));
+    const admitted = first.filter((a) => a.allowed);
+    assert.equal(admitted.length, 20);
+
+    // Each call cost 0.004 of its 0.01 estimate: 20 x 0.006 comes back, room for 12 more requests exactly.
+    await Promise.all(admitted.map((a) => settle(sql, call(a, users[first.indexOf(a)], { feature, cost_usd: 0.004 }))));
+    const [status] = await sql`
+      select s.spent_usd::text as spent, s.reserved_usd::text as reserved
+      from public.budget_status as s join tollgate.budgets as b on b.id = s.budget_id where b.feature = ${feature}`;
+    assert.deepEqual(status, { spent: "0.080000", reserved: "0.000000" }, "spend is actual, nothing stays reserved");
+
+    const second = await Promise.all(users.map(admitOne));
+    assert.equal(count(second, (a) => a.allowed), 12, "the freed 0.12 USD admits exactly 12 more");
+  } finally {
+    await sql.end();
+  }
+});
+
+dbTest(
+  "db: after a breaker's cooldown exactly one of many concurrent requests is granted the half-open probe",
+  async () => {
+    const sql = connect(50);
+    const model = uniqueName("probe-model");
+    try {
+      const tier = await createTier(sql);
+      const users = await createUsers(50, { tier });
+      await sql`insert into tollgate.routes (model) values (${model})`;
+      await sql`
+      insert into tollgate.route_targets (route_model, position, provider, model)
+      values (${model}, 1, 'openai', ${model}), (${model}, 2, 'anthropic', 'claude-haiku-4-5')`;
+      await sql`
+      insert into tollgate.provider_health (provider, model, state, consecutive_failures, opened_at)
+      values ('openai', ${model}, 'open', 3, now() - interval '61 seconds')`;
+
+      const answers = await Promise.all(users.map((user) => admit(sql, request(user, { model }))));
+
+      assert.ok(answers.every((a) => a.allowed));
+      const probes = answers.filter((a) => a.route![0].probe);
+      assert.equal(probes.length, 1, "exactly one probe");
+      assert.equal(probes[0].route![0].state, "half_open");
+      assert.ok(
+        answers.filter((a) => !a.route![0].probe).every((a) =>
+          a.route![0].state === "open" && a.route![1].state === "closed"
+        ),
+        "the others see the breaker open and fall back",
+      );
+      const [health] = await sql`
+      select state, probe_request_id from tollgate.provider_health where provider = 'openai' and model = ${model}`;
+      assert.deepEqual(health, { state: "half_open", probe_request_id: probes[0].request_id });
+    } finally {
+      await sql`delete from tollgate.provider_health where model = ${model}`;
+      await sql.end();
+    }
+  },
+);
