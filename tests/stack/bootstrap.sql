@@ -72,7 +72,8 @@ create table auth.users (
 );
 alter table auth.users owner to supabase_auth_admin;
 alter table auth.users enable row level security;
-grant select, references on auth.users to postgres;
+-- Hosted Supabase gives `postgres` full access to the auth tables.
+grant select, insert, update, delete, references on auth.users to postgres;
 grant all on auth.users to service_role;
 
 -- The claim helpers read what PostgREST sets per request: `request.jwt.claims` (JSON),
@@ -123,7 +124,7 @@ grant execute on function auth.jwt(), auth.uid(), auth.role(), auth.email()
 -- ----------------------------------------------------------------------------
 -- Extensions that need a superuser to create
 -- ----------------------------------------------------------------------------
-create extension pg_cron;
+create extension pg_cron with schema pg_catalog;
 grant usage on schema cron to postgres with grant option;
 grant all on all tables in schema cron to postgres with grant option;
 grant all on all sequences in schema cron to postgres with grant option;

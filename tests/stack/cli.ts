@@ -6,6 +6,7 @@
 import { type StackInfo, startStack } from "./stack.ts";
 import { generateSigningKey, signAccessToken, type SigningKey } from "./keys.ts";
 import { CommandError, fail, progress } from "./util.ts";
+import { generateTypes, typesFile } from "./types.ts";
 import postgres from "postgres";
 import { bundleSupabaseJs, writeDevSession } from "../../web/prepare.ts";
 
@@ -34,6 +35,7 @@ async function test(filters: string[]): Promise<number> {
   const stack = await startStack({ dataDir: `${dataDir}/pgdata`, fresh: true, providerEnv: {} });
   try {
     await checkSources(tally);
+    await checkDatabaseTypes(stack, tally);
     await pgTap(stack, tally);
     await denoTests(stack, tally, filters);
   } finally {
@@ -53,6 +55,16 @@ async function checkSources(tally: Tally): Promise<void> {
     tally[success ? "passed" : "failed"]++;
     if (!success) console.log(`not ok - ${name} (run \`npx deno ${args[0]}\` to see and fix)`);
   }
+}
+
+/** The committed database types must be what `supabase gen types` makes of the migrations. */
+async function checkDatabaseTypes(stack: StackInfo, tally: Tally): Promise<void> {
+  progress("checking supabase/functions/_shared/database.types.ts against the migrations");
+  const fresh = await generateTypes(stack.dbUrl);
+  const committed = await Deno.readTextFile(typesFile).catch(() => "");
+  const same = fresh === committed;
+  tally[same ? "passed" : "failed"]++;
+  if (!same) console.log("not ok - database.types.ts is out of date: run `npm run gen-types` and commit it");
 }
 
 async function pgTap(stack: StackInfo, tally: Tally): Promise<void> {

@@ -5,37 +5,27 @@
  * call's settlement.
  */
 import postgres from "postgres";
+import { createUser as createDbUser, dbTest, stack, type UserOptions } from "./fixtures.ts";
 import { signAccessToken } from "./keys.ts";
 import { type GatewayProcess, startGateway } from "./gateway.ts";
 import { DEFAULT_API_KEY, type ProviderServer, startProvider } from "./provider.ts";
-import type { StackInfo } from "./stack.ts";
 
-const stackJson = Deno.env.get("TOLLGATE_STACK");
-if (!stackJson) throw new Error("TOLLGATE_STACK is not set: run the tests with `npm test`.");
-export const stack: StackInfo = JSON.parse(stackJson);
+export { stack };
 
 /** Superuser connection (creates auth.users rows, reads every table). */
 export const admin = postgres(stack.adminDbUrl, { max: 4, onnotice: () => {} });
 
 /** Integration tests hold pools and servers across tests: Deno's per-test sanitizers do not apply. */
-export function integration(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
+export const integration = dbTest;
 
 export interface TestUser {
   id: string;
   token: string;
 }
 
-/** A signed-in user (a row in auth.users and an access token), optionally on a given tier. */
-export async function createUser(options: { anonymous?: boolean; tier?: string } = {}): Promise<TestUser> {
-  const id = crypto.randomUUID();
-  await admin`
-    insert into auth.users (id, aud, role, email, is_anonymous)
-    values (${id}, 'authenticated', 'authenticated', ${`${id}@example.test`}, ${options.anonymous ?? false})`;
-  if (options.tier) {
-    await admin`insert into tollgate.user_plans (user_id, tier) values (${id}, ${options.tier})`;
-  }
+/** A signed-in user: a row in auth.users (on `tier` if given) and an access token for it. */
+export async function createUser(options: UserOptions = {}): Promise<TestUser> {
+  const id = await createDbUser(options);
   const token = await signAccessToken(stack.signingKey, stack.supabaseUrl, {
     sub: id,
     email: `${id}@example.test`,
@@ -135,3 +125,99 @@ export async function settledCallsOf(userId: string, count: number, timeoutMs = 
 
 /** A chat message that makes the provider stand-in behave as told (see provider.ts). */
 export const prompt = (text: string, directives = "") => `${text}${directives ? ` [[mock ${directives}]]` : ""}`;
+
+// ─────────────────────────────────────────────────────────────────────────────────────────
+// Added for the resilience and bad-input suites (tests/resilience_test.ts, tests/bad_input_test.ts).
+// ─────────────────────────────────────────────────────────────────────────────────────────
+
+export interface LoggedTestGateway extends TestGateway {
+  /** Every line the function process wrote (stdout and stderr), in arrival order. */
+  log: string[];
+  /** Whether the function process is still running. */
+  alive(): boolean;
+}
+
+const serveScript = new URL("./serve.ts", import.meta.url).pathname;
+const maxLogLines = 200_000;
+
+/**
+ * Like startTestGateway, but the function's output is captured instead of printed: a soak that
+ * injects thousands of provider faults would print thousands of warnings, and a test can search
+ * the log for what must never happen (an unexpected exception, a crash).
+ */
+export async function startLoggedTestGateway(env: Record<string, string> = {}): Promise<LoggedTestGateway> {
+  const provider = await startProvider();
+  const port = freeLocalPort();
+  const url = `http://127.0.0.1:${port}`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-prompt", serveScript],
+    env: {
+      ...stack.functionEnv,
+      OPENAI_API_KEY: DEFAULT_API_KEY,
+      OPENAI_BASE_URL: `${provider.url}/v1`,
+      ANTHROPIC_API_KEY: DEFAULT_API_KEY,
+      ANTHROPIC_BASE_URL: provider.url,
+      SUPABASE_URL: stack.supabaseUrl,
+      ...env,
+      PORT: String(port),
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let exited = false;
+  child.status.then(() => exited = true);
+  const log: string[] = [];
+  let listening!: () => void;
+  const ready = new Promise<void>((resolve) => listening = resolve);
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    let partial = "";
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (partial + text).split("\n");
+      partial = lines.pop()!;
+      for (const line of lines) {
+        if (line.includes("listening on")) listening();
+        if (log.length < maxLogLines) log.push(line);
+      }
+    }
+    if (partial && log.length < maxLogLines) log.push(partial);
+  };
+  const drained = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  const started = await Promise.race([ready.then(() => true), child.status.then(() => false)]);
+  if (!started) throw new Error(`the function server exited before listening:\n${log.join("\n")}`);
+  const process: GatewayProcess = {
+    url,
+    pid: child.pid,
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already exited */ }
+      await child.status;
+      await drained;
+    },
+  };
+  running.push(process);
+  return {
+    url,
+    openaiBase: `${url}/functions/v1/ai/v1`,
+    anthropicBase: `${url}/functions/v1/ai`,
+    provider,
+    process,
+    log,
+    alive: () => !exited,
+  };
+}
+
+function freeLocalPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/**
+ * Lines of a function log that must never appear: an exception the gateway did not turn into a
+ * planned answer (gateway.ts logs it as `request <id> failed:`), a background task that threw,
+ * a settlement that gave up, a crash.
+ */
+export const unexpectedFailure =
+  /request [0-9a-f-]{36} failed:|waitUntil task failed|failed for good|Uncaught|panicked|out of memory/;

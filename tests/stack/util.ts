@@ -15,7 +15,7 @@ export class CommandError extends Error {}
 /** Runs a command to completion; on failure throws with its output and a hint. */
 export async function run(
   cmd: string[],
-  options: { hint?: string; env?: Record<string, string>; cwd?: string } = {},
+  options: { hint?: string; env?: Record<string, string>; cwd?: string; stdoutOnly?: boolean } = {},
 ): Promise<string> {
   const output = await new Deno.Command(cmd[0], {
     args: cmd.slice(1),
@@ -26,13 +26,14 @@ export async function run(
   }).output().catch((error) => {
     throw new CommandError(`could not run ${cmd[0]}: ${error.message}`);
   });
-  const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+  const stdout = new TextDecoder().decode(output.stdout);
+  const text = stdout + new TextDecoder().decode(output.stderr);
   if (!output.success) {
     throw new CommandError(
       `\`${cmd.join(" ")}\` failed:\n${text.trim()}${options.hint ? `\n(${options.hint})` : ""}`,
     );
   }
-  return text;
+  return options.stdoutOnly ? stdout : text;
 }
 
 export function freePort(): number {

@@ -1,14 +1,21 @@
 /**
- * The gateway's only two database conversations, one SQL function call each:
- * `tollgate.admit` before the provider and `tollgate.settle` after the response.
+ * The gateway's conversations with its database, one SQL function call each: `tollgate.admit`
+ * before the provider, `tollgate.settle` after the response, and the account endpoints' reads.
  * One statement per step keeps it safe behind a transaction-mode pooler.
+ *
+ * Calls go through `invoke`, typed by `database.types.ts` (generated from the migrations by
+ * `supabase gen types`): renaming a function or an argument in a migration fails the type
+ * check here, and the test command fails when the generated file drifts from the migrations.
  */
 import postgres from "postgres";
+import type { Database, Json } from "./database.types.ts";
 import { GatewayError } from "./errors.ts";
 import { type AccountUsage, type Admission, admissionSchema, type Settlement, usageSchema } from "./ledger.ts";
 
+type Functions = Database["tollgate"]["Functions"];
+
 export interface Ledger {
-  admit(request: Record<string, unknown>): Promise<Admission>;
+  admit(request: { [key: string]: Json | undefined }): Promise<Admission>;
   settle(call: Settlement): Promise<void>;
   usage(userId: string, isAnonymous: boolean): Promise<AccountUsage>;
   models(feature: string): Promise<string[]>;
@@ -26,33 +33,47 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     onnotice: () => {},
     connection: { application_name: "tollgate" },
   });
+
+  /** `select tollgate.<name>(arg => $1, …)`: named arguments, so their order cannot drift. */
+  async function invoke<F extends keyof Functions>(
+    name: F,
+    args: Functions[F]["Args"],
+  ): Promise<Functions[F]["Returns"]> {
+    const entries = Object.entries(args);
+    const list = entries.map(([arg], i) => `${arg} => $${i + 1}`).join(", ");
+    const values = entries.map(([, value]) =>
+      typeof value === "object" && value !== null ? sql.json(value as postgres.JSONValue) : value
+    );
+    const [row] = await sql.unsafe(
+      `select tollgate.${name}(${list}) as result`,
+      values as postgres.ParameterOrJSON<never>[],
+    );
+    return row.result;
+  }
+
   return {
     async admit(request) {
-      const [row] = await sql`select tollgate.admit(${sql.json(request as postgres.JSONValue)}) as decision`
-        .catch(databaseUnavailable);
-      return admissionSchema.parse(row.decision);
+      return admissionSchema.parse(await invoke("admit", { request }).catch(unavailable));
     },
     async settle(call) {
-      await sql`select tollgate.settle(${sql.json(call as unknown as postgres.JSONValue)})`;
+      // A Settlement is plain JSON data; an interface just lacks the index signature `Json` has.
+      await invoke("settle", { call: call as unknown as Json });
     },
     async usage(userId, isAnonymous) {
-      const [row] = await sql`select tollgate.usage(${userId}, ${isAnonymous}) as usage`.catch(databaseUnavailable);
-      return usageSchema.parse(row.usage);
+      return usageSchema.parse(
+        await invoke("usage", { user_id: userId, is_anonymous: isAnonymous }).catch(unavailable),
+      );
     },
     async models(feature) {
-      const [row] = await sql`select tollgate.models_for(${feature}) as models`.catch(databaseUnavailable);
-      return row.models ?? [];
+      return await invoke("models_for", { feature }).catch(unavailable) ?? [];
     },
     close: () => sql.end({ timeout: 5 }),
   };
 }
 
-function databaseUnavailable(error: unknown): never {
-  // A Postgres error raised by admit itself (bad input) is ours to report as such.
-  if (error instanceof postgres.PostgresError && error.code.startsWith("22")) {
-    throw new GatewayError({ status: 400, code: "invalid_request", message: error.message });
-  }
-  console.error("admission failed: database unavailable:", error instanceof Error ? error.message : error);
+/** Admission without a database cannot meter the call: refuse it (fail closed). */
+function unavailable(error: unknown): never {
+  console.error("database call failed:", error instanceof Error ? error.message : error);
   throw new GatewayError({
     status: 503,
     code: "database_unavailable",

@@ -1,0 +1,1127 @@
+export type Json = string | number | boolean | null | { [key: string]: Json | undefined } | Json[];
+
+export type Database = {
+  "public": {
+    Tables: {
+      "ai_api_calls": {
+        Row: {
+          "attempts": number;
+          "cache_write_tokens": number;
+          "cached": boolean | null;
+          "cached_input_tokens": number;
+          "created_at": string | null;
+          "endpoint": string | null;
+          "error_code": string | null;
+          "estimated_cost": number;
+          "fallback_from": string | null;
+          "feature": string;
+          "id": string;
+          "input_tokens": number;
+          "latency_ms": number;
+          "model": string;
+          "output_tokens": number;
+          "priced": boolean;
+          "provider": string;
+          "reasoning_tokens": number;
+          "request_id": string;
+          "saved_cost": number;
+          "settled_at": string;
+          "status": string | null;
+          "streamed": boolean;
+          "user_id": string | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "attempts"?: number;
+          "cache_write_tokens"?: number;
+          "cached"?: boolean | null;
+          "cached_input_tokens"?: number;
+          "created_at"?: string | null;
+          "endpoint"?: string | null;
+          "error_code"?: string | null;
+          "estimated_cost": number;
+          "fallback_from"?: string | null;
+          "feature": string;
+          "id"?: string;
+          "input_tokens": number;
+          "latency_ms": number;
+          "model": string;
+          "output_tokens": number;
+          "priced"?: boolean;
+          "provider": string;
+          "reasoning_tokens"?: number;
+          "request_id": string;
+          "saved_cost"?: number;
+          "settled_at"?: string;
+          "status"?: string | null;
+          "streamed"?: boolean;
+          "user_id"?: string | null;
+        };
+        Update: {
+          "attempts"?: number;
+          "cache_write_tokens"?: number;
+          "cached"?: boolean | null;
+          "cached_input_tokens"?: number;
+          "created_at"?: string | null;
+          "endpoint"?: string | null;
+          "error_code"?: string | null;
+          "estimated_cost"?: number;
+          "fallback_from"?: string | null;
+          "feature"?: string;
+          "id"?: string;
+          "input_tokens"?: number;
+          "latency_ms"?: number;
+          "model"?: string;
+          "output_tokens"?: number;
+          "priced"?: boolean;
+          "provider"?: string;
+          "reasoning_tokens"?: number;
+          "request_id"?: string;
+          "saved_cost"?: number;
+          "settled_at"?: string;
+          "status"?: string | null;
+          "streamed"?: boolean;
+          "user_id"?: string | null;
+        };
+        Relationships: [];
+      };
+      "api_usage": {
+        Row: {
+          "budget_ids": (number)[];
+          "cached": boolean;
+          "created_at": string;
+          "estimated_cost": number;
+          "estimated_input_tokens": number;
+          "feature": string;
+          "max_output_tokens": number;
+          "model": string;
+          "provider": string;
+          "request_id": string;
+          "reserved_cost": number;
+          "settled_at": string | null;
+          "status": string;
+          "tokens_used": number;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "budget_ids"?: (number)[];
+          "cached"?: boolean;
+          "created_at"?: string;
+          "estimated_cost"?: number;
+          "estimated_input_tokens"?: number;
+          "feature": string;
+          "max_output_tokens"?: number;
+          "model": string;
+          "provider": string;
+          "request_id": string;
+          "reserved_cost"?: number;
+          "settled_at"?: string | null;
+          "status"?: string;
+          "tokens_used"?: number;
+          "user_id": string;
+        };
+        Update: {
+          "budget_ids"?: (number)[];
+          "cached"?: boolean;
+          "created_at"?: string;
+          "estimated_cost"?: number;
+          "estimated_input_tokens"?: number;
+          "feature"?: string;
+          "max_output_tokens"?: number;
+          "model"?: string;
+          "provider"?: string;
+          "request_id"?: string;
+          "reserved_cost"?: number;
+          "settled_at"?: string | null;
+          "status"?: string;
+          "tokens_used"?: number;
+          "user_id"?: string;
+        };
+        Relationships: [];
+      };
+      "user_usage_daily": {
+        Row: {
+          "cache_hits": number;
+          "calls": number;
+          "cost_usd": number;
+          "day": string;
+          "errors": number;
+          "input_tokens": number;
+          "output_tokens": number;
+          "reserved_cost_usd": number;
+          "reserved_tokens": number;
+          "updated_at": string;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cache_hits"?: number;
+          "calls"?: number;
+          "cost_usd"?: number;
+          "day": string;
+          "errors"?: number;
+          "input_tokens"?: number;
+          "output_tokens"?: number;
+          "reserved_cost_usd"?: number;
+          "reserved_tokens"?: number;
+          "updated_at"?: string;
+          "user_id": string;
+        };
+        Update: {
+          "cache_hits"?: number;
+          "calls"?: number;
+          "cost_usd"?: number;
+          "day"?: string;
+          "errors"?: number;
+          "input_tokens"?: number;
+          "output_tokens"?: number;
+          "reserved_cost_usd"?: number;
+          "reserved_tokens"?: number;
+          "updated_at"?: string;
+          "user_id"?: string;
+        };
+        Relationships: [];
+      };
+    };
+    Views: {
+      "budget_status": {
+        Row: {
+          "budget_id": number;
+          "calls": number | null;
+          "exempt_critical": boolean;
+          "feature": string | null;
+          "hard_cap": boolean;
+          "month": string | null;
+          "monthly_limit_usd": number;
+          "percent_committed": number | null;
+          "percent_used": number | null;
+          "projected_percent": number | null;
+          "projected_spend_usd": number | null;
+          "remaining_usd": number | null;
+          "reserved_usd": number | null;
+          "scope": string;
+          "spent_usd": number | null;
+          "thresholds": (number)[];
+        };
+        ComputedFields: never;
+        Relationships: [];
+      };
+      "cost_by_feature": {
+        Row: {
+          "avg_cost_per_call": number | null;
+          "cache_hits": number | null;
+          "client_closed": number | null;
+          "errors": number | null;
+          "expired": number | null;
+          "fallbacks": number | null;
+          "feature": string;
+          "month": string | null;
+          "percent_of_month": number | null;
+          "saved_cost": number | null;
+          "total_calls": number | null;
+          "total_cost": number | null;
+          "total_input_tokens": number | null;
+          "total_output_tokens": number | null;
+          "unpriced": number | null;
+        };
+        ComputedFields: never;
+        Relationships: [];
+      };
+      "cost_by_user": {
+        Row: {
+          "cache_hits": number | null;
+          "email": string | null;
+          "errors": number | null;
+          "month": string | null;
+          "rank": number | null;
+          "reserved_cost": number | null;
+          "total_calls": number | null;
+          "total_cost": number | null;
+          "total_tokens": number | null;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Relationships: [];
+      };
+      "daily_cost_summary": {
+        Row: {
+          "avg_latency_ms": number | null;
+          "cache_hits": number | null;
+          "day": string | null;
+          "errors": number | null;
+          "model": string;
+          "provider": string;
+          "total_calls": number | null;
+          "total_cost": number | null;
+          "total_input_tokens": number | null;
+          "total_output_tokens": number | null;
+        };
+        ComputedFields: never;
+        Relationships: [];
+      };
+      "my_usage": {
+        Row: {
+          "cache_hits": number;
+          "calls": number;
+          "cost_usd": number;
+          "day": string;
+          "errors": number;
+          "input_tokens": number;
+          "output_tokens": number;
+          "reserved_cost_usd": number;
+          "reserved_tokens": number;
+          "total_tokens": number | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cache_hits"?: number | null;
+          "calls"?: number | null;
+          "cost_usd"?: number | null;
+          "day"?: string | null;
+          "errors"?: number | null;
+          "input_tokens"?: number | null;
+          "output_tokens"?: number | null;
+          "reserved_cost_usd"?: number | null;
+          "reserved_tokens"?: number | null;
+          "total_tokens"?: never;
+        };
+        Update: {
+          "cache_hits"?: number | null;
+          "calls"?: number | null;
+          "cost_usd"?: number | null;
+          "day"?: string | null;
+          "errors"?: number | null;
+          "input_tokens"?: number | null;
+          "output_tokens"?: number | null;
+          "reserved_cost_usd"?: number | null;
+          "reserved_tokens"?: number | null;
+          "total_tokens"?: never;
+        };
+        Relationships: [];
+      };
+      "rejections_by_layer": {
+        Row: {
+          "code": string;
+          "day": string | null;
+          "feature": string | null;
+          "layer": string;
+          "rejections": number | null;
+          "users": number | null;
+        };
+        ComputedFields: never;
+        Relationships: [];
+      };
+    };
+    Functions: {
+      [_ in never]: never;
+    };
+    Enums: {
+      [_ in never]: never;
+    };
+    CompositeTypes: {
+      [_ in never]: never;
+    };
+  };
+  "tollgate": {
+    Tables: {
+      "budget_periods": {
+        Row: {
+          "budget_id": number;
+          "period_start": string;
+          "reserved_total_usd": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "budget_id": number;
+          "period_start": string;
+          "reserved_total_usd"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "budget_id"?: number;
+          "period_start"?: string;
+          "reserved_total_usd"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "budget_periods_budget_id_fkey";
+            columns: ["budget_id"];
+            isOneToOne: false;
+            referencedRelation: "budgets";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      "budget_settlements": {
+        Row: {
+          "budget_id": number;
+          "calls": number;
+          "period_start": string;
+          "released_usd": number;
+          "shard": number;
+          "spent_usd": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "budget_id": number;
+          "calls"?: number;
+          "period_start": string;
+          "released_usd"?: number;
+          "shard": number;
+          "spent_usd"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "budget_id"?: number;
+          "calls"?: number;
+          "period_start"?: string;
+          "released_usd"?: number;
+          "shard"?: number;
+          "spent_usd"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "budget_settlements_budget_id_fkey";
+            columns: ["budget_id"];
+            isOneToOne: false;
+            referencedRelation: "budgets";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      "budgets": {
+        Row: {
+          "created_at": string;
+          "exempt_critical": boolean;
+          "feature": string | null;
+          "hard_cap": boolean;
+          "id": number;
+          "monthly_limit_usd": number;
+          "note": string | null;
+          "scope": string;
+          "thresholds": (number)[];
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "created_at"?: string;
+          "exempt_critical"?: boolean;
+          "feature"?: string | null;
+          "hard_cap"?: boolean;
+          "id"?: never;
+          "monthly_limit_usd": number;
+          "note"?: string | null;
+          "scope": string;
+          "thresholds"?: (number)[];
+          "updated_at"?: string;
+        };
+        Update: {
+          "created_at"?: string;
+          "exempt_critical"?: boolean;
+          "feature"?: string | null;
+          "hard_cap"?: boolean;
+          "id"?: never;
+          "monthly_limit_usd"?: number;
+          "note"?: string | null;
+          "scope"?: string;
+          "thresholds"?: (number)[];
+          "updated_at"?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "budgets_feature_fkey";
+            columns: ["feature"];
+            isOneToOne: false;
+            referencedRelation: "features";
+            referencedColumns: ["name"];
+          },
+        ];
+      };
+      "features": {
+        Row: {
+          "allowed_models": (string)[] | null;
+          "cache_ttl_seconds": number;
+          "created_at": string;
+          "description": string;
+          "max_tokens": number;
+          "name": string;
+          "paused": boolean;
+          "paused_reason": string | null;
+          "paused_since": string | null;
+          "priority": string;
+          "restricted_max_tokens": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "allowed_models"?: (string)[] | null;
+          "cache_ttl_seconds"?: number;
+          "created_at"?: string;
+          "description"?: string;
+          "max_tokens"?: number;
+          "name": string;
+          "paused"?: boolean;
+          "paused_reason"?: string | null;
+          "paused_since"?: string | null;
+          "priority"?: string;
+          "restricted_max_tokens"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "allowed_models"?: (string)[] | null;
+          "cache_ttl_seconds"?: number;
+          "created_at"?: string;
+          "description"?: string;
+          "max_tokens"?: number;
+          "name"?: string;
+          "paused"?: boolean;
+          "paused_reason"?: string | null;
+          "paused_since"?: string | null;
+          "priority"?: string;
+          "restricted_max_tokens"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "gateway_state": {
+        Row: {
+          "anomaly_paused": boolean;
+          "anomaly_paused_since": string | null;
+          "anomaly_reason": string | null;
+          "id": boolean;
+          "throttle_reason": string | null;
+          "throttled": boolean;
+          "throttled_since": string | null;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "anomaly_paused"?: boolean;
+          "anomaly_paused_since"?: string | null;
+          "anomaly_reason"?: string | null;
+          "id"?: boolean;
+          "throttle_reason"?: string | null;
+          "throttled"?: boolean;
+          "throttled_since"?: string | null;
+          "updated_at"?: string;
+        };
+        Update: {
+          "anomaly_paused"?: boolean;
+          "anomaly_paused_since"?: string | null;
+          "anomaly_reason"?: string | null;
+          "id"?: boolean;
+          "throttle_reason"?: string | null;
+          "throttled"?: boolean;
+          "throttled_since"?: string | null;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "model_prices": {
+        Row: {
+          "cache_write_per_mtok": number | null;
+          "cached_input_per_mtok": number | null;
+          "input_per_mtok": number;
+          "model": string;
+          "note": string | null;
+          "output_per_mtok": number;
+          "provider": string;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cache_write_per_mtok"?: number | null;
+          "cached_input_per_mtok"?: number | null;
+          "input_per_mtok": number;
+          "model": string;
+          "note"?: string | null;
+          "output_per_mtok": number;
+          "provider": string;
+          "updated_at"?: string;
+        };
+        Update: {
+          "cache_write_per_mtok"?: number | null;
+          "cached_input_per_mtok"?: number | null;
+          "input_per_mtok"?: number;
+          "model"?: string;
+          "note"?: string | null;
+          "output_per_mtok"?: number;
+          "provider"?: string;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "provider_health": {
+        Row: {
+          "consecutive_failures": number;
+          "cooldown_seconds": number;
+          "failure_threshold": number;
+          "last_failure_at": string | null;
+          "last_status": number | null;
+          "last_success_at": string | null;
+          "model": string;
+          "opened_at": string | null;
+          "probe_request_id": string | null;
+          "probe_started_at": string | null;
+          "provider": string;
+          "state": string;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "consecutive_failures"?: number;
+          "cooldown_seconds"?: number;
+          "failure_threshold"?: number;
+          "last_failure_at"?: string | null;
+          "last_status"?: number | null;
+          "last_success_at"?: string | null;
+          "model": string;
+          "opened_at"?: string | null;
+          "probe_request_id"?: string | null;
+          "probe_started_at"?: string | null;
+          "provider": string;
+          "state"?: string;
+          "updated_at"?: string;
+        };
+        Update: {
+          "consecutive_failures"?: number;
+          "cooldown_seconds"?: number;
+          "failure_threshold"?: number;
+          "last_failure_at"?: string | null;
+          "last_status"?: number | null;
+          "last_success_at"?: string | null;
+          "model"?: string;
+          "opened_at"?: string | null;
+          "probe_request_id"?: string | null;
+          "probe_started_at"?: string | null;
+          "provider"?: string;
+          "state"?: string;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "rejections": {
+        Row: {
+          "code": string;
+          "created_at": string;
+          "feature": string | null;
+          "id": number;
+          "layer": string;
+          "model": string | null;
+          "request_id": string | null;
+          "tier": string | null;
+          "user_id": string | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "code": string;
+          "created_at"?: string;
+          "feature"?: string | null;
+          "id"?: never;
+          "layer": string;
+          "model"?: string | null;
+          "request_id"?: string | null;
+          "tier"?: string | null;
+          "user_id"?: string | null;
+        };
+        Update: {
+          "code"?: string;
+          "created_at"?: string;
+          "feature"?: string | null;
+          "id"?: never;
+          "layer"?: string;
+          "model"?: string | null;
+          "request_id"?: string | null;
+          "tier"?: string | null;
+          "user_id"?: string | null;
+        };
+        Relationships: [];
+      };
+      "response_cache": {
+        Row: {
+          "cache_key": string;
+          "cost_usd": number;
+          "created_at": string;
+          "expires_at": string;
+          "feature": string;
+          "model": string;
+          "provider": string;
+          "response": NonNullable<Json>;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cache_key": string;
+          "cost_usd"?: number;
+          "created_at"?: string;
+          "expires_at": string;
+          "feature": string;
+          "model": string;
+          "provider": string;
+          "response": NonNullable<Json>;
+        };
+        Update: {
+          "cache_key"?: string;
+          "cost_usd"?: number;
+          "created_at"?: string;
+          "expires_at"?: string;
+          "feature"?: string;
+          "model"?: string;
+          "provider"?: string;
+          "response"?: NonNullable<Json>;
+        };
+        Relationships: [];
+      };
+      "route_targets": {
+        Row: {
+          "model": string;
+          "position": number;
+          "provider": string;
+          "route_model": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "model": string;
+          "position": number;
+          "provider": string;
+          "route_model": string;
+        };
+        Update: {
+          "model"?: string;
+          "position"?: number;
+          "provider"?: string;
+          "route_model"?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "route_targets_route_model_fkey";
+            columns: ["route_model"];
+            isOneToOne: false;
+            referencedRelation: "routes";
+            referencedColumns: ["model"];
+          },
+        ];
+      };
+      "routes": {
+        Row: {
+          "cheaper_model": string | null;
+          "description": string;
+          "model": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cheaper_model"?: string | null;
+          "description"?: string;
+          "model": string;
+        };
+        Update: {
+          "cheaper_model"?: string | null;
+          "description"?: string;
+          "model"?: string;
+        };
+        Relationships: [];
+      };
+      "tier_windows": {
+        Row: {
+          "max_requests": number;
+          "name": string;
+          "tier": string;
+          "window_seconds": number;
+        };
+        ComputedFields: never;
+        Insert: {
+          "max_requests": number;
+          "name": string;
+          "tier": string;
+          "window_seconds": number;
+        };
+        Update: {
+          "max_requests"?: number;
+          "name"?: string;
+          "tier"?: string;
+          "window_seconds"?: number;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "tier_windows_tier_fkey";
+            columns: ["tier"];
+            isOneToOne: false;
+            referencedRelation: "tiers";
+            referencedColumns: ["name"];
+          },
+        ];
+      };
+      "tiers": {
+        Row: {
+          "created_at": string;
+          "daily_token_quota": number | null;
+          "description": string;
+          "max_output_tokens": number;
+          "monthly_cost_cap_usd": number | null;
+          "monthly_token_quota": number | null;
+          "name": string;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "created_at"?: string;
+          "daily_token_quota"?: number | null;
+          "description"?: string;
+          "max_output_tokens"?: number;
+          "monthly_cost_cap_usd"?: number | null;
+          "monthly_token_quota"?: number | null;
+          "name": string;
+          "updated_at"?: string;
+        };
+        Update: {
+          "created_at"?: string;
+          "daily_token_quota"?: number | null;
+          "description"?: string;
+          "max_output_tokens"?: number;
+          "monthly_cost_cap_usd"?: number | null;
+          "monthly_token_quota"?: number | null;
+          "name"?: string;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "usage_daily": {
+        Row: {
+          "cache_hits": number;
+          "cache_write_tokens": number;
+          "cached_input_tokens": number;
+          "calls": number;
+          "client_closed_calls": number;
+          "cost_usd": number;
+          "day": string;
+          "error_calls": number;
+          "expired_calls": number;
+          "fallback_calls": number;
+          "feature": string;
+          "input_tokens": number;
+          "latency_ms_sum": number;
+          "model": string;
+          "output_tokens": number;
+          "provider": string;
+          "reasoning_tokens": number;
+          "saved_cost_usd": number;
+          "shard": number;
+          "success_calls": number;
+          "timeout_calls": number;
+          "unpriced_calls": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "cache_hits"?: number;
+          "cache_write_tokens"?: number;
+          "cached_input_tokens"?: number;
+          "calls"?: number;
+          "client_closed_calls"?: number;
+          "cost_usd"?: number;
+          "day": string;
+          "error_calls"?: number;
+          "expired_calls"?: number;
+          "fallback_calls"?: number;
+          "feature": string;
+          "input_tokens"?: number;
+          "latency_ms_sum"?: number;
+          "model": string;
+          "output_tokens"?: number;
+          "provider": string;
+          "reasoning_tokens"?: number;
+          "saved_cost_usd"?: number;
+          "shard"?: number;
+          "success_calls"?: number;
+          "timeout_calls"?: number;
+          "unpriced_calls"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "cache_hits"?: number;
+          "cache_write_tokens"?: number;
+          "cached_input_tokens"?: number;
+          "calls"?: number;
+          "client_closed_calls"?: number;
+          "cost_usd"?: number;
+          "day"?: string;
+          "error_calls"?: number;
+          "expired_calls"?: number;
+          "fallback_calls"?: number;
+          "feature"?: string;
+          "input_tokens"?: number;
+          "latency_ms_sum"?: number;
+          "model"?: string;
+          "output_tokens"?: number;
+          "provider"?: string;
+          "reasoning_tokens"?: number;
+          "saved_cost_usd"?: number;
+          "shard"?: number;
+          "success_calls"?: number;
+          "timeout_calls"?: number;
+          "unpriced_calls"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "user_plans": {
+        Row: {
+          "created_at": string;
+          "daily_token_quota": number | null;
+          "monthly_cost_cap_usd": number | null;
+          "monthly_token_quota": number | null;
+          "note": string | null;
+          "tier": string;
+          "updated_at": string;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "created_at"?: string;
+          "daily_token_quota"?: number | null;
+          "monthly_cost_cap_usd"?: number | null;
+          "monthly_token_quota"?: number | null;
+          "note"?: string | null;
+          "tier": string;
+          "updated_at"?: string;
+          "user_id": string;
+        };
+        Update: {
+          "created_at"?: string;
+          "daily_token_quota"?: number | null;
+          "monthly_cost_cap_usd"?: number | null;
+          "monthly_token_quota"?: number | null;
+          "note"?: string | null;
+          "tier"?: string;
+          "updated_at"?: string;
+          "user_id"?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "user_plans_tier_fkey";
+            columns: ["tier"];
+            isOneToOne: false;
+            referencedRelation: "tiers";
+            referencedColumns: ["name"];
+          },
+        ];
+      };
+    };
+    Views: {
+      [_ in never]: never;
+    };
+    Functions: {
+      "admit": { Args: { "request": Json }; Returns: Json };
+      "apply_usage_deltas": {
+        Args: { "deltas": (Database["tollgate"]["CompositeTypes"]["usage_delta"])[] };
+        Returns: undefined;
+      };
+      "expire_reservations": { Args: { "batch_size"?: number; "max_age"?: string }; Returns: number };
+      "models_for": { Args: { "feature": string }; Returns: (string)[] };
+      "next_month_start": { Args: { "at": string }; Returns: string };
+      "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
+      "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
+      "settle": { Args: { "call": Json }; Returns: Json };
+      "usage": { Args: { "is_anonymous"?: boolean; "user_id": string }; Returns: Json };
+      "usage_delta_of": {
+        Args: {
+          "budget_ids": (number)[];
+          "c": Omit<
+            Database["public"]["Tables"]["ai_api_calls"]["Row"],
+            Database["public"]["Tables"]["ai_api_calls"]["ComputedFields"]
+          >;
+          "released_cost_usd": number;
+          "released_tokens": number;
+          "sign": number;
+        };
+        Returns: Database["tollgate"]["CompositeTypes"]["usage_delta"];
+        SetofOptions: {
+          from: "*";
+          to: "usage_delta";
+          isOneToOne: true;
+          isSetofReturn: false;
+        };
+      };
+    };
+    Enums: {
+      [_ in never]: never;
+    };
+    CompositeTypes: {
+      "admit_request": {
+        "request_id": string | null;
+        "user_id": string | null;
+        "is_anonymous": boolean | null;
+        "feature": string | null;
+        "model": string | null;
+        "estimated_input_tokens": number | null;
+        "max_output_tokens": number | null;
+        "estimated_cost_usd": number | null;
+        "dry_run": boolean | null;
+        "cache_key": string | null;
+        "cache_ttl_seconds": number | null;
+      };
+      "settle_call": {
+        "request_id": string | null;
+        "user_id": string | null;
+        "feature": string | null;
+        "provider": string | null;
+        "model": string | null;
+        "status": string | null;
+        "input_tokens": number | null;
+        "output_tokens": number | null;
+        "cached_input_tokens": number | null;
+        "cache_write_tokens": number | null;
+        "reasoning_tokens": number | null;
+        "latency_ms": number | null;
+        "cost_usd": number | null;
+        "saved_cost_usd": number | null;
+        "priced": boolean | null;
+        "cached": boolean | null;
+        "streamed": boolean | null;
+        "attempts": number | null;
+        "fallback_from": string | null;
+        "error_code": string | null;
+        "endpoint": string | null;
+        "attempts_detail": Json | null;
+        "cache_entry": Json | null;
+      };
+      "usage_delta": {
+        "user_id": string | null;
+        "day": string | null;
+        "provider": string | null;
+        "model": string | null;
+        "feature": string | null;
+        "budget_ids": (number)[] | null;
+        "calls": number | null;
+        "input_tokens": number | null;
+        "output_tokens": number | null;
+        "cached_input_tokens": number | null;
+        "cache_write_tokens": number | null;
+        "reasoning_tokens": number | null;
+        "cost_usd": number | null;
+        "saved_cost_usd": number | null;
+        "latency_ms": number | null;
+        "cache_hits": number | null;
+        "success_calls": number | null;
+        "error_calls": number | null;
+        "timeout_calls": number | null;
+        "client_closed_calls": number | null;
+        "expired_calls": number | null;
+        "fallback_calls": number | null;
+        "unpriced_calls": number | null;
+        "released_tokens": number | null;
+        "released_cost_usd": number | null;
+      };
+    };
+  };
+};
+
+type DatabaseWithoutInternals = Omit<Database, "__InternalSupabase">;
+
+type DefaultSchema = DatabaseWithoutInternals[Extract<keyof Database, "public">];
+
+export type Tables<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof (DefaultSchema["Tables"] & DefaultSchema["Views"])
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals;
+  } ? keyof (
+      & DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+      & DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Views"]
+    )
+    : never = never,
+> = DefaultSchemaTableNameOrOptions extends { schema: keyof DatabaseWithoutInternals } ? (
+    & DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+    & DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Views"]
+  )[TableName] extends {
+    Row: infer R;
+  } ? R
+  : never
+  : DefaultSchemaTableNameOrOptions extends keyof (DefaultSchema["Tables"] & DefaultSchema["Views"])
+    ? (DefaultSchema["Tables"] & DefaultSchema["Views"])[DefaultSchemaTableNameOrOptions] extends {
+      Row: infer R;
+    } ? R
+    : never
+  : never;
+
+export type TablesInsert<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof DefaultSchema["Tables"]
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals;
+  } ? keyof DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+    : never = never,
+> = DefaultSchemaTableNameOrOptions extends { schema: keyof DatabaseWithoutInternals }
+  ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
+    Insert: infer I;
+  } ? I
+  : never
+  : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
+    ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
+      Insert: infer I;
+    } ? I
+    : never
+  : never;
+
+export type TablesUpdate<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof DefaultSchema["Tables"]
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals;
+  } ? keyof DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+    : never = never,
+> = DefaultSchemaTableNameOrOptions extends { schema: keyof DatabaseWithoutInternals }
+  ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
+    Update: infer U;
+  } ? U
+  : never
+  : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
+    ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
+      Update: infer U;
+    } ? U
+    : never
+  : never;
+
+export type Enums<
+  DefaultSchemaEnumNameOrOptions extends
+    | keyof DefaultSchema["Enums"]
+    | { schema: keyof DatabaseWithoutInternals },
+  EnumName extends DefaultSchemaEnumNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals;
+  } ? keyof DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"]
+    : never = never,
+> = DefaultSchemaEnumNameOrOptions extends { schema: keyof DatabaseWithoutInternals }
+  ? DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"][EnumName]
+  : DefaultSchemaEnumNameOrOptions extends keyof DefaultSchema["Enums"]
+    ? DefaultSchema["Enums"][DefaultSchemaEnumNameOrOptions]
+  : never;
+
+export type CompositeTypes<
+  PublicCompositeTypeNameOrOptions extends
+    | keyof DefaultSchema["CompositeTypes"]
+    | { schema: keyof DatabaseWithoutInternals },
+  CompositeTypeName extends PublicCompositeTypeNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals;
+  } ? keyof DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"]
+    : never = never,
+> = PublicCompositeTypeNameOrOptions extends { schema: keyof DatabaseWithoutInternals }
+  ? DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"][CompositeTypeName]
+  : PublicCompositeTypeNameOrOptions extends keyof DefaultSchema["CompositeTypes"]
+    ? DefaultSchema["CompositeTypes"][PublicCompositeTypeNameOrOptions]
+  : never;
+
+export const Constants = {
+  "public": {
+    Enums: {},
+  },
+  "tollgate": {
+    Enums: {},
+  },
+} as const;
