@@ -15,10 +15,11 @@ select tables_are('public', array['api_usage', 'ai_api_calls', 'user_usage_daily
 select tables_are('tollgate', array[
   'tiers', 'tier_windows', 'user_plans', 'features', 'budgets', 'budget_periods', 'budget_settlements',
   'gateway_state', 'routes', 'route_targets', 'model_prices', 'provider_health', 'response_cache',
-  'usage_daily', 'rejections'],
+  'usage_daily', 'rejections', 'guard_settings', 'budget_alerts', 'user_flags', 'spend_hourly'],
   'tollgate holds the gateway''s configuration and state');
 select views_are('public', array[
-  'daily_cost_summary', 'cost_by_feature', 'cost_by_user', 'budget_status', 'rejections_by_layer', 'my_usage'],
+  'daily_cost_summary', 'cost_by_feature', 'cost_by_user', 'budget_status', 'rejections_by_layer', 'my_usage',
+  'budget_alerts'],
   'the views for Studio and for users');
 
 -- ----------------------------------------------------------------------------
@@ -118,9 +119,9 @@ select ok(exists (select from tollgate.features where name = 'default' and prior
 select ok(exists (select from tollgate.budgets where scope = 'global' and hard_cap and thresholds = '{50,75,90,100}'),
   'a global budget with a hard cap and the 50/75/90/100 thresholds');
 select results_eq(
-  $$select provider, model from tollgate.route_targets where route_model = 'claude-sonnet-4-5' order by position$$,
-  $$values ('anthropic'::text, 'claude-sonnet-4-5'::text), ('openai', 'gpt-4o')$$,
-  'claude-sonnet-4-5 falls back to OpenAI gpt-4o (seed 000: Claude -> GPT)');
+  $$select provider, model from tollgate.route_targets where route_model = 'claude-sonnet-4-6' order by position$$,
+  $$values ('anthropic'::text, 'claude-sonnet-4-6'::text), ('openai', 'gpt-4o')$$,
+  'claude-sonnet-4-6 falls back to OpenAI gpt-4o (seed 000: Claude -> GPT)');
 select is((select cheaper_model from tollgate.routes where model = 'gpt-4o'), 'gpt-4o-mini',
   'gpt-4o has a cheaper model for restricted mode');
 
@@ -130,9 +131,12 @@ select is((select cheaper_model from tollgate.routes where model = 'gpt-4o'), 'g
 select is(
   (select string_agg(format('%s | %s | %s', jobname, schedule, command), E'\n' order by jobname)
    from cron.job where jobname like 'tollgate-%'),
-  E'tollgate-expire-reservations | * * * * * | select tollgate.expire_reservations()\n'
+  E'tollgate-check-anomalies | * * * * * | select tollgate.check_anomalies()\n'
+    'tollgate-check-budgets | * * * * * | select tollgate.check_budgets()\n'
+    'tollgate-deliver-alerts | * * * * * | select tollgate.deliver_alerts()\n'
+    'tollgate-expire-reservations | * * * * * | select tollgate.expire_reservations()\n'
     'tollgate-prune-api-usage | */5 * * * * | select tollgate.prune_api_usage()',
-  'pg_cron runs the expiry every minute and the pruning every five minutes');
+  'pg_cron runs the guard, the delivery and the expiry every minute, the pruning every five minutes');
 select is(
   (select count(*)::integer from cron.job where jobname like 'tollgate-%'
      and array_length(regexp_split_to_array(schedule, '\s+'), 1) <> 5),

@@ -41,6 +41,10 @@ const environment = z.object({
    * 150 s on the free plan, 400 s on paid plans. Raise it on a paid plan.
    */
   TOLLGATE_STREAM_MAX_MS: z.coerce.number().int().positive().max(400_000).default(140_000),
+  /** Where the function posts budget alerts (Slack-compatible JSON) when the database cannot. */
+  TOLLGATE_ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** Least time between two alert deliveries by one isolate. */
+  TOLLGATE_ALERT_POLL_SECONDS: z.coerce.number().int().nonnegative().default(30),
   /** Comma-separated origins allowed by CORS, or `*`. */
   TOLLGATE_CORS_ORIGINS: z.string().default("*"),
 });
@@ -73,6 +77,8 @@ export function readConfig(env: Record<string, string | undefined>) {
     deadlineMs: settings.TOLLGATE_DEADLINE_MS,
     streamIdleTimeoutMs: settings.TOLLGATE_STREAM_IDLE_TIMEOUT_MS,
     streamMaxMs: settings.TOLLGATE_STREAM_MAX_MS,
+    alertWebhookUrl: settings.TOLLGATE_ALERT_WEBHOOK_URL,
+    alertPollSeconds: settings.TOLLGATE_ALERT_POLL_SECONDS,
     corsOrigins: settings.TOLLGATE_CORS_ORIGINS.split(",").map((origin) => origin.trim()),
     env,
   };

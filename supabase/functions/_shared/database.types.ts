@@ -185,6 +185,70 @@ export type Database = {
       };
     };
     Views: {
+      "budget_alerts": {
+        Row: {
+          "attempts": number;
+          "budget": string | null;
+          "created_at": string;
+          "delivered_at": string | null;
+          "delivered_via": string | null;
+          "delivery": string | null;
+          "id": number;
+          "kind": string;
+          "last_error": string | null;
+          "limit_usd": number | null;
+          "message": string;
+          "next_attempt_at": string;
+          "period": string | null;
+          "projection_usd": number | null;
+          "severity": string;
+          "spend_usd": number | null;
+          "threshold": number | null;
+          "user_id": string | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "attempts"?: number | null;
+          "budget"?: string | null;
+          "created_at"?: string | null;
+          "delivered_at"?: string | null;
+          "delivered_via"?: string | null;
+          "delivery"?: never;
+          "id"?: number | null;
+          "kind"?: string | null;
+          "last_error"?: string | null;
+          "limit_usd"?: number | null;
+          "message"?: string | null;
+          "next_attempt_at"?: string | null;
+          "period"?: string | null;
+          "projection_usd"?: number | null;
+          "severity"?: string | null;
+          "spend_usd"?: number | null;
+          "threshold"?: number | null;
+          "user_id"?: string | null;
+        };
+        Update: {
+          "attempts"?: number | null;
+          "budget"?: string | null;
+          "created_at"?: string | null;
+          "delivered_at"?: string | null;
+          "delivered_via"?: string | null;
+          "delivery"?: never;
+          "id"?: number | null;
+          "kind"?: string | null;
+          "last_error"?: string | null;
+          "limit_usd"?: number | null;
+          "message"?: string | null;
+          "next_attempt_at"?: string | null;
+          "period"?: string | null;
+          "projection_usd"?: number | null;
+          "severity"?: string | null;
+          "spend_usd"?: number | null;
+          "threshold"?: number | null;
+          "user_id"?: string | null;
+        };
+        Relationships: [];
+      };
       "budget_status": {
         Row: {
           "budget_id": number;
@@ -325,6 +389,91 @@ export type Database = {
   };
   "tollgate": {
     Tables: {
+      "budget_alerts": {
+        Row: {
+          "attempts": number;
+          "budget": string | null;
+          "budget_id": number | null;
+          "created_at": string;
+          "dedup_key": string;
+          "delivered_at": string | null;
+          "delivered_via": string | null;
+          "details": NonNullable<Json>;
+          "id": number;
+          "kind": string;
+          "last_error": string | null;
+          "lease_until": string | null;
+          "limit_usd": number | null;
+          "message": string;
+          "net_request_id": number | null;
+          "next_attempt_at": string;
+          "period_start": string | null;
+          "projection_usd": number | null;
+          "severity": string;
+          "spend_usd": number | null;
+          "threshold": number | null;
+          "user_id": string | null;
+          "alert_payload": Json | null;
+        };
+        ComputedFields: "alert_payload";
+        Insert: {
+          "attempts"?: number;
+          "budget"?: string | null;
+          "budget_id"?: number | null;
+          "created_at"?: string;
+          "dedup_key": string;
+          "delivered_at"?: string | null;
+          "delivered_via"?: string | null;
+          "details"?: NonNullable<Json>;
+          "id"?: never;
+          "kind": string;
+          "last_error"?: string | null;
+          "lease_until"?: string | null;
+          "limit_usd"?: number | null;
+          "message": string;
+          "net_request_id"?: number | null;
+          "next_attempt_at"?: string;
+          "period_start"?: string | null;
+          "projection_usd"?: number | null;
+          "severity": string;
+          "spend_usd"?: number | null;
+          "threshold"?: number | null;
+          "user_id"?: string | null;
+        };
+        Update: {
+          "attempts"?: number;
+          "budget"?: string | null;
+          "budget_id"?: number | null;
+          "created_at"?: string;
+          "dedup_key"?: string;
+          "delivered_at"?: string | null;
+          "delivered_via"?: string | null;
+          "details"?: NonNullable<Json>;
+          "id"?: never;
+          "kind"?: string;
+          "last_error"?: string | null;
+          "lease_until"?: string | null;
+          "limit_usd"?: number | null;
+          "message"?: string;
+          "net_request_id"?: number | null;
+          "next_attempt_at"?: string;
+          "period_start"?: string | null;
+          "projection_usd"?: number | null;
+          "severity"?: string;
+          "spend_usd"?: number | null;
+          "threshold"?: number | null;
+          "user_id"?: string | null;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "budget_alerts_budget_id_fkey";
+            columns: ["budget_id"];
+            isOneToOne: false;
+            referencedRelation: "budgets";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       "budget_periods": {
         Row: {
           "budget_id": number;
@@ -491,34 +640,80 @@ export type Database = {
       "gateway_state": {
         Row: {
           "anomaly_paused": boolean;
+          "anomaly_paused_by": string | null;
           "anomaly_paused_since": string | null;
           "anomaly_reason": string | null;
+          "anomaly_snoozed_until": string | null;
           "id": boolean;
           "throttle_reason": string | null;
           "throttled": boolean;
+          "throttled_by": string | null;
           "throttled_since": string | null;
           "updated_at": string;
         };
         ComputedFields: never;
         Insert: {
           "anomaly_paused"?: boolean;
+          "anomaly_paused_by"?: string | null;
           "anomaly_paused_since"?: string | null;
           "anomaly_reason"?: string | null;
+          "anomaly_snoozed_until"?: string | null;
           "id"?: boolean;
           "throttle_reason"?: string | null;
           "throttled"?: boolean;
+          "throttled_by"?: string | null;
           "throttled_since"?: string | null;
           "updated_at"?: string;
         };
         Update: {
           "anomaly_paused"?: boolean;
+          "anomaly_paused_by"?: string | null;
           "anomaly_paused_since"?: string | null;
           "anomaly_reason"?: string | null;
+          "anomaly_snoozed_until"?: string | null;
           "id"?: boolean;
           "throttle_reason"?: string | null;
           "throttled"?: boolean;
+          "throttled_by"?: string | null;
           "throttled_since"?: string | null;
           "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "guard_settings": {
+        Row: {
+          "anomaly_factor": number;
+          "anomaly_min_usd_per_hour": number;
+          "anomaly_window_minutes": number;
+          "id": boolean;
+          "throttle_percent": number | null;
+          "updated_at": string;
+          "user_anomaly_factor": number;
+          "user_anomaly_min_calls_per_day": number;
+          "webhook_url": string | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "anomaly_factor"?: number;
+          "anomaly_min_usd_per_hour"?: number;
+          "anomaly_window_minutes"?: number;
+          "id"?: boolean;
+          "throttle_percent"?: number | null;
+          "updated_at"?: string;
+          "user_anomaly_factor"?: number;
+          "user_anomaly_min_calls_per_day"?: number;
+          "webhook_url"?: string | null;
+        };
+        Update: {
+          "anomaly_factor"?: number;
+          "anomaly_min_usd_per_hour"?: number;
+          "anomaly_window_minutes"?: number;
+          "id"?: boolean;
+          "throttle_percent"?: number | null;
+          "updated_at"?: string;
+          "user_anomaly_factor"?: number;
+          "user_anomaly_min_calls_per_day"?: number;
+          "webhook_url"?: string | null;
         };
         Relationships: [];
       };
@@ -725,6 +920,28 @@ export type Database = {
         };
         Relationships: [];
       };
+      "spend_hourly": {
+        Row: {
+          "calls": number;
+          "computed_at": string;
+          "cost_usd": number;
+          "hour": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "calls"?: number;
+          "computed_at"?: string;
+          "cost_usd"?: number;
+          "hour": string;
+        };
+        Update: {
+          "calls"?: number;
+          "computed_at"?: string;
+          "cost_usd"?: number;
+          "hour"?: string;
+        };
+        Relationships: [];
+      };
       "tier_windows": {
         Row: {
           "max_requests": number;
@@ -868,6 +1085,43 @@ export type Database = {
         };
         Relationships: [];
       };
+      "user_flags": {
+        Row: {
+          "baseline_calls_per_day": number | null;
+          "calls_last_hour": number | null;
+          "cleared_at": string | null;
+          "flagged": boolean;
+          "flagged_since": string | null;
+          "reason": string | null;
+          "snoozed_until": string | null;
+          "updated_at": string;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "baseline_calls_per_day"?: number | null;
+          "calls_last_hour"?: number | null;
+          "cleared_at"?: string | null;
+          "flagged"?: boolean;
+          "flagged_since"?: string | null;
+          "reason"?: string | null;
+          "snoozed_until"?: string | null;
+          "updated_at"?: string;
+          "user_id": string;
+        };
+        Update: {
+          "baseline_calls_per_day"?: number | null;
+          "calls_last_hour"?: number | null;
+          "cleared_at"?: string | null;
+          "flagged"?: boolean;
+          "flagged_since"?: string | null;
+          "reason"?: string | null;
+          "snoozed_until"?: string | null;
+          "updated_at"?: string;
+          "user_id"?: string;
+        };
+        Relationships: [];
+      };
       "user_plans": {
         Row: {
           "created_at": string;
@@ -916,14 +1170,38 @@ export type Database = {
     };
     Functions: {
       "admit": { Args: { "request": Json }; Returns: Json };
+      "alert_payload": {
+        Args: {
+          "alert": Omit<
+            Database["tollgate"]["Tables"]["budget_alerts"]["Row"],
+            Database["tollgate"]["Tables"]["budget_alerts"]["ComputedFields"]
+          >;
+        };
+        Returns: Json;
+      };
+      "alert_retry_delay": { Args: { "attempts": number }; Returns: string };
       "apply_usage_deltas": {
         Args: { "deltas": (Database["tollgate"]["CompositeTypes"]["usage_delta"])[] };
         Returns: undefined;
       };
+      "check_anomalies": { Args: { "as_of"?: string }; Returns: Json };
+      "check_budgets": { Args: { "as_of"?: string }; Returns: Json };
+      "claim_alerts": {
+        Args: { "lease_seconds"?: number; "max_alerts"?: number };
+        Returns: {
+          "alert_id": number;
+          "payload": Json;
+        }[];
+      };
+      "clear_anomaly": { Args: { "snooze"?: string }; Returns: boolean };
+      "clear_user_flag": { Args: { "snooze"?: string; "user_id": string }; Returns: boolean };
+      "database_delivers_alerts": { Args: Record<PropertyKey, never>; Returns: boolean };
+      "deliver_alerts": { Args: { "max_alerts"?: number }; Returns: Json };
       "expire_reservations": { Args: { "batch_size"?: number; "max_age"?: string }; Returns: number };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
+      "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "settle": { Args: { "call": Json }; Returns: Json };
       "usage": { Args: { "is_anonymous"?: boolean; "user_id": string }; Returns: Json };
@@ -946,6 +1224,7 @@ export type Database = {
           isSetofReturn: false;
         };
       };
+      "usd": { Args: { "amount": number }; Returns: string };
     };
     Enums: {
       [_ in never]: never;

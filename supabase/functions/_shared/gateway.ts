@@ -15,6 +15,7 @@ import { errorResponse, GatewayError, type WireFormat } from "./errors.ts";
 import { corsHeaders } from "./http.ts";
 import { handleCompletion, handleEstimate } from "./completion.ts";
 import { handleModels, handleUsage } from "./account.ts";
+import { type AlertCourier, createAlertCourier } from "./alerts.ts";
 
 /** What every handler may use; built once per isolate. */
 export interface Context {
@@ -37,7 +38,7 @@ const routes: Record<string, { method: string; format: WireFormat; handler: Hand
 };
 
 export function createGateway(env: Record<string, string | undefined>) {
-  let shared: Omit<Context, "requestId" | "startedAt"> | GatewayError | undefined;
+  let shared: (Omit<Context, "requestId" | "startedAt"> & { alerts?: AlertCourier }) | GatewayError | undefined;
 
   // Built on first use, so that a misconfigured deployment answers with a clear error
   // instead of failing to boot.
@@ -45,10 +46,15 @@ export function createGateway(env: Record<string, string | undefined>) {
     if (shared) return shared;
     try {
       const config = readConfig(env);
+      const ledger = connectLedger(config.dbUrl, { viaPooler: config.dbViaPooler });
       shared = {
         config,
         verify: createVerifier(config),
-        ledger: connectLedger(config.dbUrl, { viaPooler: config.dbViaPooler }),
+        ledger,
+        // Budget alerts are delivered by the function when the database cannot (see alerts.ts).
+        alerts: config.alertWebhookUrl
+          ? createAlertCourier(ledger, { webhookUrl: config.alertWebhookUrl, pollSeconds: config.alertPollSeconds })
+          : undefined,
       };
     } catch (error) {
       console.error((error as Error).message);
@@ -97,6 +103,7 @@ export function createGateway(env: Record<string, string | undefined>) {
     if (!response.headers.has("x-tollgate-overhead-ms")) {
       response.headers.set("x-tollgate-overhead-ms", (performance.now() - startedAt).toFixed(1));
     }
+    if (!(state instanceof GatewayError)) state.alerts?.afterRequest();
     return response;
   }
 

@@ -1,23 +1,18 @@
 /**
- * Settlement runs after the response, kept alive by `EdgeRuntime.waitUntil` (the hosted
- * runtime may retire a worker once its response is sent and its waitUntil promises resolved).
- * It is retried with backoff because the call has already happened and must be recorded;
+ * Settlement runs after the response, in the background (see runtime.ts). It is retried with backoff because the call has already happened and must be recorded;
  * `tollgate.settle` is idempotent on the request id, so a retry after an unseen commit is safe.
  * If every try fails, the reservation is still in `api_usage`, and the expiry job charges
  * it at its estimate: the call is never free and never lost.
  */
 import type { Ledger } from "./db.ts";
 import type { Settlement } from "./ledger.ts";
+import { inBackground } from "./runtime.ts";
 
 // About a minute in all: long enough to ride out a database restart or failover.
 const retryDelaysMs = [250, 1000, 2000, 4000, 8000, 15000, 30000];
 
-declare const EdgeRuntime: { waitUntil(promise: Promise<unknown>): void } | undefined;
-
-export function settleInBackground(ledger: Ledger, call: Settlement): Promise<void> {
-  const task = settleWithRetry(ledger, call);
-  if (typeof EdgeRuntime !== "undefined") EdgeRuntime.waitUntil(task);
-  return task;
+export function settleInBackground(ledger: Ledger, call: Settlement): void {
+  inBackground(settleWithRetry(ledger, call));
 }
 
 async function settleWithRetry(ledger: Ledger, call: Settlement): Promise<void> {
