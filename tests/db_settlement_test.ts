@@ -110,7 +110,7 @@ dbTest("db: after many parallel calls every rollup equals the call log to the mi
     const tier = await createTier(sql);
     const feature = await createFeature(sql, { budgetUsd: 1000 });
     const users = await createUsers(50, { tier });
-    const models = ["gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "claude-sonnet-4-5"];
+    const models = ["gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "claude-sonnet-4-6"];
     const statuses = ["success", "success", "success", "error", "timeout", "client_closed"] as const;
     // Deterministic pseudo-random numbers, so a failure can be replayed.
     let seed = 42;

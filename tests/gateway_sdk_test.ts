@@ -88,7 +88,7 @@ integration("Anthropic SDK: messages.create and messages.stream, priced from rep
   });
   const text = prompt("Hello Claude", "words=7 cached=100");
   const { data: message, response } = await anthropic.messages.create({
-    model: "claude-sonnet-4-5",
+    model: "claude-sonnet-4-6",
     max_tokens: 100,
     messages: [{ role: "user", content: text }],
   }).withResponse();
@@ -100,7 +100,7 @@ integration("Anthropic SDK: messages.create and messages.stream, priced from rep
   assert.equal(row.cached_input_tokens, 100);
 
   const stream = anthropic.messages.stream({
-    model: "claude-sonnet-4-5",
+    model: "claude-sonnet-4-6",
     max_tokens: 100,
     messages: [{ role: "user", content: prompt("Stream, Claude", "words=9") }],
   });
@@ -115,7 +115,7 @@ integration("OpenAI SDK calling a Claude model: translated both ways, streaming 
   const user = await createUser();
   const openai = new OpenAI({ baseURL: gateway.openaiBase, apiKey: user.token, maxRetries: 0 });
   const completion = await openai.chat.completions.create({
-    model: "claude-sonnet-4-5",
+    model: "claude-sonnet-4-6",
     max_tokens: 50,
     messages: [{ role: "system", content: "Be brief." }, { role: "user", content: prompt("Hi", "words=4") }],
   });
@@ -126,7 +126,7 @@ integration("OpenAI SDK calling a Claude model: translated both ways, streaming 
   assert.equal((sent.body as { system?: string }).system, "Be brief.");
 
   const stream = await openai.chat.completions.create({
-    model: "claude-sonnet-4-5",
+    model: "claude-sonnet-4-6",
     max_tokens: 50,
     stream: true,
     stream_options: { include_usage: true },
@@ -188,10 +188,13 @@ integration("the user's token never reaches the provider, and no provider key re
   const response = await fetch(`${gateway.openaiBase}/chat/completions`, {
     method: "POST",
     headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json" },
-    body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hi" }] }),
+    body: JSON.stringify({ model: "gpt-4o-mini", user: "another-user", messages: [{ role: "user", content: "Hi" }] }),
   });
   const text = await response.text();
   assert.equal(response.status, 200);
+  const upstreamUser = (gateway.provider.requests.at(-1)!.body as { user?: string }).user;
+  assert.match(upstreamUser ?? "", /^[0-9a-f]{32}$/, "the provider sees a pseudonym of the verified caller");
+  assert.notEqual(upstreamUser, "another-user");
   for (const request of gateway.provider.requests) {
     assert.ok(!JSON.stringify(request).includes(user.token), "the access token was forwarded upstream");
   }

@@ -459,23 +459,23 @@ values
   ('gpt-4o', 'gpt-4o-mini', 'OpenAI first, Anthropic Sonnet as fallback.'),
   ('gpt-4.1', 'gpt-4.1-mini', 'OpenAI first, Anthropic Sonnet as fallback.'),
   ('gpt-4.1-mini', 'gpt-4o-mini', 'OpenAI first, Anthropic Haiku as fallback.'),
-  ('claude-sonnet-4-5', 'claude-haiku-4-5', 'Anthropic first, OpenAI gpt-4o as fallback (seed 000: Claude -> GPT).'),
+  ('claude-sonnet-4-6', 'claude-haiku-4-5', 'Anthropic first, OpenAI gpt-4o as fallback (seed 000: Claude -> GPT).'),
   ('claude-haiku-4-5', null, 'Anthropic first, OpenAI gpt-4o-mini as fallback.'),
-  ('claude-opus-4-1', 'claude-sonnet-4-5', 'Anthropic first, OpenAI gpt-4.1 as fallback.');
+  ('claude-opus-4-6', 'claude-sonnet-4-6', 'Anthropic first, OpenAI gpt-4.1 as fallback.');
 
 insert into tollgate.route_targets (route_model, position, provider, model)
 values
   ('gpt-4o-mini', 1, 'openai', 'gpt-4o-mini'),
   ('gpt-4o-mini', 2, 'anthropic', 'claude-haiku-4-5'),
   ('gpt-4o', 1, 'openai', 'gpt-4o'),
-  ('gpt-4o', 2, 'anthropic', 'claude-sonnet-4-5'),
+  ('gpt-4o', 2, 'anthropic', 'claude-sonnet-4-6'),
   ('gpt-4.1', 1, 'openai', 'gpt-4.1'),
-  ('gpt-4.1', 2, 'anthropic', 'claude-sonnet-4-5'),
+  ('gpt-4.1', 2, 'anthropic', 'claude-sonnet-4-6'),
   ('gpt-4.1-mini', 1, 'openai', 'gpt-4.1-mini'),
   ('gpt-4.1-mini', 2, 'anthropic', 'claude-haiku-4-5'),
-  ('claude-sonnet-4-5', 1, 'anthropic', 'claude-sonnet-4-5'),
-  ('claude-sonnet-4-5', 2, 'openai', 'gpt-4o'),
+  ('claude-sonnet-4-6', 1, 'anthropic', 'claude-sonnet-4-6'),
+  ('claude-sonnet-4-6', 2, 'openai', 'gpt-4o'),
   ('claude-haiku-4-5', 1, 'anthropic', 'claude-haiku-4-5'),
   ('claude-haiku-4-5', 2, 'openai', 'gpt-4o-mini'),
-  ('claude-opus-4-1', 1, 'anthropic', 'claude-opus-4-1'),
-  ('claude-opus-4-1', 2, 'openai', 'gpt-4.1');
+  ('claude-opus-4-6', 1, 'anthropic', 'claude-opus-4-6'),
+  ('claude-opus-4-6', 2, 'openai', 'gpt-4.1');

@@ -266,12 +266,12 @@ select is((select a -> 'prices' from t where name = 'priced'),
   'the answer carries the price overrides of the route');
 insert into tollgate.provider_health (provider, model, state, consecutive_failures, opened_at)
 values ('openai', 'gpt-4o', 'open', 3, now() - interval '2 minutes'),
-       ('anthropic', 'claude-sonnet-4-5', 'open', 3, clock_timestamp());
+       ('anthropic', 'claude-sonnet-4-6', 'open', 3, clock_timestamp());
 insert into t values ('probe1', pg_temp.admit((select id from ids where name = 'main'), '{"model": "gpt-4o"}'));
 insert into t values ('probe2', pg_temp.admit((select id from ids where name = 'main'), '{"model": "gpt-4o"}'));
 select is((select a -> 'route' from t where name = 'probe1'),
   '[{"provider": "openai", "model": "gpt-4o", "state": "half_open", "probe": true},
-    {"provider": "anthropic", "model": "claude-sonnet-4-5", "state": "open", "probe": false}]'::jsonb,
+    {"provider": "anthropic", "model": "claude-sonnet-4-6", "state": "open", "probe": false}]'::jsonb,
   'after the cooldown, one request is granted the half-open probe; a breaker still cooling down stays open');
 select is((select a #> '{route,0}' from t where name = 'probe2'),
   '{"provider": "openai", "model": "gpt-4o", "state": "open", "probe": false}'::jsonb,
@@ -303,7 +303,7 @@ select is((select jsonb_build_array(u -> 'tier', u #> '{windows,0,remaining}', u
   '["free", 9, 19]'::jsonb, 'tollgate.usage() shows a user''s tier and what remains, reserving nothing');
 
 select is(tollgate.models_for('only-mini'), array['gpt-4o-mini'], 'models_for: a feature''s allowed models ...');
-select ok(tollgate.models_for('default') @> array['gpt-4o-mini', 'claude-sonnet-4-5']
+select ok(tollgate.models_for('default') @> array['gpt-4o-mini', 'claude-sonnet-4-6']
   and cardinality(tollgate.models_for('nope')) = 0, '... else every routed model; nothing for an unknown feature');
 
 select * from finish();

@@ -40,7 +40,7 @@ declare
 begin
   for v_i in 1 .. 90 loop
     v_user := (select id from users_ where n = v_i % 3);
-    v_model := (array['gpt-4o-mini', 'gpt-4o', 'claude-haiku-4-5', 'claude-sonnet-4-5'])[1 + v_i % 4];
+    v_model := (array['gpt-4o-mini', 'gpt-4o', 'claude-haiku-4-5', 'claude-sonnet-4-6'])[1 + v_i % 4];
     v_request := (tollgate.admit(jsonb_build_object('request_id', gen_random_uuid(), 'user_id', v_user,
       'feature', (array['default', 'chat', 'search'])[1 + v_i % 3], 'model', v_model,
       'estimated_input_tokens', 50 * v_i, 'max_output_tokens', 300, 'estimated_cost_usd', 0.0001 * v_i)) ->> 'request_id')::uuid;
