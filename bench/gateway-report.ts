@@ -1,0 +1,345 @@
+/**
+ * The gateway benchmark's Markdown section: the settings, a table per kind of call, the
+ * throughput ratios, the issue's goals each marked met or not as measured, and the memory soak.
+ */
+export type TargetName = "direct" | "floor" | "portkey" | "tollgate";
+
+/** What the report says about how the numbers were taken. */
+export interface ReportSettings {
+  concurrencies: number[];
+  /** Measured requests per cell at concurrency 10 and 50, and at 1. */
+  requests: number;
+  requestsAtOne: number;
+  words: number;
+  users: number;
+  /** Other processes' CPU (cores) above which a cell was measured again. */
+  quietCores: number;
+}
+
+export interface Accounting {
+  admitted: number;
+  calls: number;
+  cached: number;
+  unsettled: number;
+}
+
+export interface Cell {
+  target: TargetName;
+  stream: boolean;
+  concurrency: number;
+  requests: number;
+  ok: number;
+  errors: Record<string, number>;
+  rps: number;
+  p50: number;
+  p99: number;
+  ttfb50: number;
+  ttfb99: number;
+  /** CPU ms per served request, by process group. */
+  cpu: Record<string, number>;
+  /** CPU used by processes outside the benchmark during the cell, in cores (noise). */
+  otherCores: number;
+  wallMs: number;
+  /** Tollgate only: ms after the last response until every reservation was settled (null: never). */
+  settleLagMs?: number | null;
+  /** Resident memory of the target's process after the cell (MB), when watched. */
+  rssMb?: number;
+}
+
+export interface Soak {
+  seconds: number;
+  samples: { at: number; mb: number }[];
+  freshMb: number;
+  beforeMb: number;
+  afterIdleMb: number;
+  served: number;
+  errors: Record<string, number>;
+  perSecond: number[];
+  /** CPU used by processes outside the benchmark during the soak, in cores (noise). */
+  otherCores: number;
+}
+
+const f1 = (n: number | undefined) => n === undefined || Number.isNaN(n) ? "–" : n.toFixed(1);
+const f2 = (n: number | undefined) => n === undefined || Number.isNaN(n) ? "–" : n.toFixed(2);
+const signed = (n: number) => Number.isNaN(n) ? "–" : `${n >= 0 ? "+" : ""}${n.toFixed(2)}`;
+const ratio = (a?: Cell, b?: Cell) => a && b ? `${(a.rps / b.rps).toFixed(2)}×` : "–";
+
+const settleLag = (c: Cell) =>
+  c.settleLagMs === undefined
+    ? ""
+    : c.settleLagMs === null
+    ? " (**settlements unfinished after 30 s**)"
+    : ` (settle lag ${c.settleLagMs.toFixed(0)} ms)`;
+
+export const soakEvery = (seconds: number) => Math.max(5, Math.round(seconds / 60));
+
+/** Steady start (first sample under load), end (last sample under load), second-half slope. */
+function soakTrend(soak: Soak): { start: number; end: number; slope: number } {
+  const underLoad = soak.samples.slice(1, -1);
+  return {
+    start: (underLoad[0] ?? soak.samples[0]).mb,
+    end: (underLoad.at(-1) ?? soak.samples.at(-1)!).mb,
+    slope: slopePerMinute(soak.samples.filter((s) => s.at >= soak.seconds / 2)),
+  };
+}
+
+/** Least-squares slope of RSS over time, in MB per minute. */
+function slopePerMinute(samples: { at: number; mb: number }[]): number {
+  const n = samples.length;
+  if (n < 2) return NaN;
+  const mx = samples.reduce((s, p) => s + p.at, 0) / n;
+  const my = samples.reduce((s, p) => s + p.mb, 0) / n;
+  const sxy = samples.reduce((s, p) => s + (p.at - mx) * (p.mb - my), 0);
+  const sxx = samples.reduce((s, p) => s + (p.at - mx) ** 2, 0);
+  return sxx === 0 ? NaN : sxy / sxx * 60;
+}
+
+export function report(
+  settings: ReportSettings,
+  cells: Cell[],
+  soak: Soak | undefined,
+  accounting: Accounting | undefined,
+  versions: Record<string, string>,
+  freshMb?: number,
+): string {
+  const find = (target: TargetName, stream: boolean, concurrency: number) =>
+    cells.find((c) => c.target === target && c.stream === stream && c.concurrency === concurrency);
+  const out: string[] = [];
+  const line = (text = "") => out.push(text);
+
+  line("## Gateways side by side");
+  line();
+  line(
+    `Versions: Deno ${versions.deno}` +
+      (versions.postgres ? `, PostgreSQL ${versions.postgres}` : "") +
+      (versions.portkey ? `, @portkey-ai/gateway ${versions.portkey} on Node ${versions.node}` : "") + ".",
+  );
+  line();
+  line("Settings:");
+  line();
+  line(
+    `- Request: \`POST /v1/chat/completions\`, model \`gpt-4o-mini\`, one user message, ` +
+      `a ${settings.words}-word reply from the local provider (\`[[mock words=${settings.words}]]\`), ` +
+      "no `stream_options` (streamed cells: `stream: true`); `accept-encoding: identity`.",
+  );
+  line(
+    `- Per cell: ${settings.requestsAtOne} measured requests at concurrency 1, ${settings.requests} at 10 and 50, ` +
+      "after a warm-up of max(50, 10 × concurrency) requests; before the first cell, a warm-up round of " +
+      "1,000 plain and 1,000 streamed requests per target. Closed loop: each of the concurrent workers sends " +
+      "its next request when the previous answer is complete.",
+  );
+  line(
+    "- Client: bench/load.ts, Deno `fetch` with keep-alive, its own process. Every server is its own " +
+      "process too: the provider (tests/stack/provider.ts), the floor (bench/floor-proxy.ts), Portkey " +
+      "(`start-server.js --headless`, `NODE_ENV=production`, routed with `x-portkey-provider: openai` and " +
+      "`x-portkey-custom-host`), Tollgate (tests/stack/serve.ts, the function as Supabase serves it). All on " +
+      "127.0.0.1, all sharing the machine's cores.",
+  );
+  line(
+    `- Tollgate: ${settings.users} users on a bench tier (a minute and an hour window, limits out of reach, no ` +
+      "quota), requests round robin over their access tokens (ES256, verified against the inline JWKS); " +
+      "feature `default`; PostgreSQL from the local stack (durability off: `fsync`, `synchronous_commit` and " +
+      "`full_page_writes` are off, as in the tests). Each Tollgate cell ends only when every reservation is " +
+      "settled (the settle lag column).",
+  );
+  line(
+    "- Portkey: its Node server uses `@hono/node-server`, pinned to 1.14.1 in bench/portkey: later versions " +
+      "make it answer every streamed call with a 500 (`TypeError: immutable`, Portkey-AI/gateway#1389, #1550).",
+  );
+  line(
+    "- Added latency: the target's p50 (p99) minus the direct p50 (p99) of the same cell. " +
+      "TTFB: until the first chunk of the response body. CPU: user + system time per served request, " +
+      "from /proc, of the target's process, the provider and (Tollgate) PostgreSQL.",
+  );
+  line(
+    `- The machine may be shared: the run starts when it is quiet, and a cell during which processes outside ` +
+      `the benchmark used more than ${settings.quietCores} cores is measured again (twice at most). "Other CPU" is ` +
+      "what they used during the cell that was kept, in cores.",
+  );
+  line();
+
+  for (const stream of [false, true]) {
+    line(`### ${stream ? "Streamed" : "Non-streamed"} chat completions`);
+    line();
+    const head = ["target", "conc.", "req/s", "p50 ms", "p99 ms", "added p50", "added p99"];
+    if (stream) head.push("TTFB p50", "TTFB p99");
+    head.push("CPU ms/req (target / provider / postgres)", "other CPU", "errors");
+    line(`| ${head.join(" | ")} |`);
+    line(`|${head.map((h) => h === "target" ? "---" : "---:").join("|")}|`);
+    for (const concurrency of settings.concurrencies) {
+      const direct = find("direct", stream, concurrency);
+      for (const c of cells.filter((c) => c.stream === stream && c.concurrency === concurrency)) {
+        const row = [
+          c.target + settleLag(c),
+          String(concurrency),
+          c.rps.toFixed(0),
+          f2(c.p50),
+          f2(c.p99),
+          c.target === "direct" || !direct ? "–" : signed(c.p50 - direct.p50),
+          c.target === "direct" || !direct ? "–" : signed(c.p99 - direct.p99),
+        ];
+        if (stream) row.push(f2(c.ttfb50), f2(c.ttfb99));
+        row.push(
+          [c.target === "direct" ? undefined : c.cpu.target, c.cpu.provider, c.cpu.postgres].map(f2).join(" / "),
+          c.otherCores.toFixed(2),
+          c.ok === c.requests ? "0" : `${c.requests - c.ok}: ${Object.keys(c.errors).join("; ")}`,
+        );
+        line(`| ${row.join(" | ")} |`);
+      }
+    }
+    line();
+  }
+
+  const watched = [...new Set(cells.filter((c) => c.rssMb !== undefined).map((c) => c.target))];
+  if (watched.length) {
+    line("Resident memory (MB) of each server process after each of its cells, in run order:");
+    line();
+    for (const target of watched) {
+      const list = cells.filter((c) => c.target === target)
+        .map((c) => `${c.stream ? "streamed" : "plain"} c=${c.concurrency}: ${f1(c.rssMb)}`);
+      const start = target === "tollgate" && freshMb !== undefined ? `fresh ${f1(freshMb)}, ` : "";
+      line(`- ${target}: ${start}${list.join(", ")}`);
+    }
+    line();
+  }
+
+  line("### Ratios (throughput)");
+  line();
+  line("| | conc. | Tollgate / Portkey | Tollgate / floor | Portkey / floor |");
+  line("|---|---:|---:|---:|---:|");
+  for (const stream of [false, true]) {
+    for (const concurrency of settings.concurrencies) {
+      const t = find("tollgate", stream, concurrency);
+      const p = find("portkey", stream, concurrency);
+      const fl = find("floor", stream, concurrency);
+      line(
+        `| ${stream ? "streamed" : "non-streamed"} | ${concurrency} | ${ratio(t, p)} | ${ratio(t, fl)} | ${
+          ratio(p, fl)
+        } |`,
+      );
+    }
+  }
+  line();
+
+  line("### Goals (issue 7), as measured in this run");
+  line();
+  line("| goal | measured | met? |");
+  line("|---|---|---|");
+  const verdict = (ok: boolean | undefined) => ok === undefined ? "not measured" : ok ? "yes" : "**no**";
+  for (const stream of [false, true]) {
+    const kind = stream ? "streamed" : "non-streamed";
+    const t = find("tollgate", stream, 10), p = find("portkey", stream, 10), fl = find("floor", stream, 10);
+    line(
+      `| Throughput at concurrency 10 ≥ 1.5 × Portkey's (${kind}) | ${ratio(t, p)} | ${
+        verdict(t && p && t.rps >= 1.5 * p.rps)
+      } |`,
+    );
+    line(
+      `| Throughput at concurrency 10 ≥ 50% of the floor's (${kind}) | ${ratio(t, fl)} | ${
+        verdict(t && fl && t.rps >= 0.5 * fl.rps)
+      } |`,
+    );
+  }
+  for (const stream of [false, true]) {
+    const parts: string[] = [];
+    let met: boolean | undefined = true;
+    for (const concurrency of settings.concurrencies) {
+      const d = find("direct", stream, concurrency);
+      const t = find("tollgate", stream, concurrency), p = find("portkey", stream, concurrency);
+      if (!d || !t || !p) {
+        met = undefined;
+        break;
+      }
+      const tAdded = t.p99 - d.p99, pAdded = p.p99 - d.p99;
+      parts.push(`c=${concurrency}: ${signed(tAdded)} vs ${signed(pAdded)} ms`);
+      met &&= tAdded <= pAdded;
+    }
+    line(
+      `| p99 added latency ≤ Portkey's, at every concurrency (${stream ? "streamed" : "non-streamed"}) | ` +
+        `${parts.join("; ") || "–"} | ${verdict(met)} |`,
+    );
+  }
+  {
+    const parts: string[] = [];
+    let met: boolean | undefined = true;
+    for (const concurrency of settings.concurrencies) {
+      const t = find("tollgate", true, concurrency), fl = find("floor", true, concurrency);
+      if (!t || !fl) {
+        met = undefined;
+        break;
+      }
+      parts.push(`c=${concurrency}: ${signed(t.ttfb50 - fl.ttfb50)} ms`);
+      met &&= t.ttfb50 - fl.ttfb50 <= 2;
+    }
+    line(
+      `| Streamed TTFB (p50) within 2 ms of the floor's, at every concurrency | ${parts.join("; ") || "–"} | ${
+        verdict(met)
+      } |`,
+    );
+  }
+  if (soak) {
+    const { start, end, slope } = soakTrend(soak);
+    const growth = (end - start) / start;
+    const flat = growth <= 0.1 && !(slope > 1);
+    line(
+      `| Resident memory flat under a ${soak.seconds >= 600 ? "10-minute" : `${soak.seconds}-s`} soak ` +
+        `(end ≤ steady start + 10%, and under 1 MB/min over the second half) | ${f1(start)} → ${f1(end)} MB ` +
+        `(${signed(growth * 100)}%), ${signed(slope)} MB/min | ${verdict(flat)}${
+          soak.seconds < 600 ? " (short soak: run `--soak 600` for the real test)" : ""
+        } |`,
+    );
+  }
+  if (accounting) {
+    const exact = accounting.admitted === accounting.calls && accounting.unsettled === 0 && accounting.cached === 0;
+    line(
+      `| Accounting: every admitted Tollgate call has its ai_api_calls row, settled, none from cache | ` +
+        `${accounting.admitted} admitted, ${accounting.calls} rows, ${accounting.unsettled} unsettled, ` +
+        `${accounting.cached} cached | ${verdict(exact)} |`,
+    );
+  }
+  line();
+
+  if (soak) {
+    const { start, end, slope } = soakTrend(soak);
+    const peak = Math.max(...soak.samples.map((s) => s.mb));
+    const tenths = Array.from({ length: 10 }, (_, i) => {
+      const slice = soak.perSecond.slice(
+        Math.floor(i * soak.perSecond.length / 10),
+        Math.floor((i + 1) * soak.perSecond.length / 10),
+      );
+      return slice.reduce((a, b) => a + b, 0) / Math.max(1, slice.length);
+    });
+    line(`### Memory: ${soak.seconds} s soak of the Tollgate function process`);
+    line();
+    line(
+      "Load: 10 closed-loop workers (5 non-streamed, 5 streamed) for the whole soak, the same requests and " +
+        `users as above; VmRSS of the function's process from /proc every ${soakEvery(soak.seconds)} s. ` +
+        "The steady start is the first sample taken under the soak's own load; the value before it still " +
+        "carries what the concurrency-50 cells left.",
+    );
+    line();
+    line("| RSS (MB) | |");
+    line("|---|---:|");
+    line(`| fresh process, before any request | ${f1(soak.freshMb)} |`);
+    line(`| soak start, right after the benchmark cells | ${f1(soak.beforeMb)} |`);
+    line(`| steady start (first sample under load) | ${f1(start)} |`);
+    line(`| peak during the soak | ${f1(peak)} |`);
+    line(`| soak end | ${f1(end)} |`);
+    line(`| 5 s after the load stopped | ${f1(soak.afterIdleMb)} |`);
+    line(`| slope over the second half | ${signed(slope)} MB/min |`);
+    line();
+    line(
+      `Served ${soak.served} calls (${(soak.served / soak.seconds).toFixed(0)}/s), ` +
+        `${Object.values(soak.errors).reduce((a, b) => a + b, 0)} failed${
+          Object.keys(soak.errors).length ? ` (${Object.keys(soak.errors).join("; ")})` : ""
+        }. Throughput by tenth of the soak (req/s): ${tenths.map((t) => t.toFixed(0)).join(", ")}; ` +
+        `processes outside the benchmark used ${soak.otherCores.toFixed(2)} cores on average meanwhile.`,
+    );
+    line();
+    line(
+      `Samples (s: MB): ${soak.samples.map((s) => `${s.at.toFixed(0)}: ${s.mb.toFixed(1)}`).join(", ")}.`,
+    );
+    line();
+  }
+  return out.join("\n");
+}

@@ -1,0 +1,627 @@
+/**
+ * The gateway benchmark (issue 7): chat completions, plain and streamed, at several
+ * concurrencies, through four targets side by side in one run, all in front of the same local
+ * provider process:
+ *
+ *   direct    the provider itself (the baseline every "added latency" is measured from)
+ *   floor     bench/floor-proxy.ts, a bare Deno pass-through: the least a Deno gateway costs
+ *   portkey   Portkey's open-source gateway (@portkey-ai/gateway on Node), the peer
+ *   tollgate  the `ai` function, full path: JWT check, admission, provider call, settlement
+ *
+ * Then a soak: steady mixed load on the Tollgate function process while its resident memory
+ * is sampled. Every server and the load generator (bench/load.ts) is its own process, so none
+ * steals another's event loop; all of them share this machine's cores, which is the point: the
+ * same box, the same provider, the same client, one after the other, cell by cell.
+ *
+ * Run: deno run -A bench/gateway.ts --out <file> [--soak <s>] [--requests <n>] [--targets a,b]
+ * Progress goes to stderr; the Markdown section (see bench/README.md) goes to --out.
+ */
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import { type LoadJob, type LoadResult } from "./load.ts";
+import { type Accounting, type Cell, report, type Soak, soakEvery, type TargetName } from "./gateway-report.ts";
+import { cpuMs, machineBusyMs, rssMb, withChildren } from "./proc.ts";
+import { startStack } from "../tests/stack/stack.ts";
+import { startGateway } from "../tests/stack/gateway.ts";
+import { signAccessToken } from "../tests/stack/keys.ts";
+import { freePort } from "../tests/stack/util.ts";
+
+const benchDir = new URL(".", import.meta.url).pathname;
+const providerKey = "local-provider-key";
+
+// ---------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    out: { type: "string" },
+    soak: { type: "string", default: "60" },
+    requests: { type: "string", default: "2000" },
+    targets: { type: "string", default: "direct,floor,portkey,tollgate" },
+    users: { type: "string", default: "2000" },
+  },
+});
+
+const settings = {
+  concurrencies: [1, 10, 50],
+  /** Measured requests per cell; concurrency 1 takes a quarter (it is latency, not throughput). */
+  requests: Number(args.requests),
+  soakSeconds: Number(args.soak),
+  /**
+   * Tollgate callers. Admission counts a user's requests in each window, so per-user volume
+   * matters: with 2,000 users even the 10-minute soak keeps each under ~100 requests an hour,
+   * what a paying user of a real tier sends.
+   */
+  users: Number(args.users),
+  /** 20 words from the provider: small, so the gateway's own work dominates. */
+  words: 20,
+  timeoutMs: 30_000,
+};
+const targets = args.targets!.split(",") as TargetName[];
+const requestsAt = (concurrency: number) => concurrency === 1 ? Math.ceil(settings.requests / 4) : settings.requests;
+const warmupAt = (concurrency: number) => Math.max(50, concurrency * 10);
+
+interface Target {
+  name: TargetName;
+  /** Chat completions URL. */
+  url: string;
+  headers: Record<string, string>;
+  tokens?: string[];
+  /** The processes whose CPU time the target costs (server, then what only it uses). */
+  pids: () => Record<string, number[]>;
+  /** Waits until the work the target defers (settlement) is done; ms it took, undefined: never. */
+  drain?: () => Promise<number | undefined>;
+  /** Resident memory of the target's process (MB), when it is watched. */
+  rss?: () => Promise<number>;
+}
+
+function requestBody(stream: boolean): string {
+  return JSON.stringify({
+    model: "gpt-4o-mini",
+    messages: [{ role: "user", content: `Write a short line. [[mock words=${settings.words}]]` }],
+    ...(stream ? { stream: true } : {}),
+  });
+}
+
+// Compression is off on every hop the client controls: it would measure zlib, not gateways.
+const commonHeaders = { "content-type": "application/json", "accept-encoding": "identity" };
+
+// ---------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------
+
+interface Server {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+const say = (message: string) => console.error(`\x1b[1mbench:\x1b[0m ${message}`);
+
+/** Spawns a server and waits for `ready` on its stdout (group 1, when present, is its URL). */
+async function spawnServer(
+  cmd: string,
+  argv: string[],
+  ready: RegExp,
+  options: { cwd?: string; env?: Record<string, string>; url?: string } = {},
+): Promise<Server> {
+  const child = new Deno.Command(cmd, {
+    args: argv,
+    cwd: options.cwd,
+    env: options.env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  let match: RegExpMatchArray | null = null;
+  while (!(match = seen.match(ready))) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${cmd} ${argv.join(" ")} exited before it was ready:\n${seen}`);
+    seen += value;
+  }
+  // Keep reading so the child never blocks on a full pipe; what it says goes to stderr.
+  (async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      await Deno.stderr.write(new TextEncoder().encode(value));
+    }
+  })();
+  return {
+    url: options.url ?? match[1],
+    pid: child.pid,
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await child.status;
+    },
+  };
+}
+
+const deno = (script: string, ...rest: string[]): [string, string[]] => [
+  Deno.execPath(),
+  ["run", "-A", "--no-prompt", script, ...rest],
+];
+
+/** Installs the pinned Portkey gateway into bench/portkey (once), from its lockfile. */
+async function ensurePortkey(): Promise<string> {
+  const dir = `${benchDir}portkey`;
+  const installed = await Deno.readTextFile(`${dir}/node_modules/@portkey-ai/gateway/package.json`)
+    .then((text) => JSON.parse(text).version as string, () => undefined);
+  const wanted = JSON.parse(await Deno.readTextFile(`${dir}/package.json`)).dependencies["@portkey-ai/gateway"];
+  if (installed !== wanted) {
+    say(`installing @portkey-ai/gateway ${wanted} into bench/portkey (npm ci)`);
+    const { success } = await new Deno.Command("npm", {
+      args: ["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+      cwd: dir,
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    if (!success) throw new Error("npm ci in bench/portkey failed (see above)");
+  }
+  return wanted;
+}
+
+async function startPortkey(): Promise<Server> {
+  const dir = `${benchDir}portkey`;
+  const port = freePort();
+  const server = await spawnServer(
+    "node",
+    [
+      "--import",
+      "./loopback.mjs",
+      "node_modules/@portkey-ai/gateway/build/start-server.js",
+      `--port=${port}`,
+      "--headless",
+    ],
+    /Ready for connections/,
+    { cwd: dir, url: `http://127.0.0.1:${port}`, env: { NODE_ENV: "production" } },
+  );
+  const hello = await fetch(`${server.url}/`).then((r) => r.text());
+  if (!hello.includes("AI Gateway")) throw new Error(`Portkey did not answer as expected: ${hello.slice(0, 200)}`);
+  return server;
+}
+
+/**
+ * This machine may be shared: waits until the processes that are not ours leave it nearly idle,
+ * so that a neighbour's test run does not end up in our numbers. All the waiting of one run
+ * comes out of one budget; once it is spent the run goes on, and the noise is reported.
+ */
+async function waitForQuiet(): Promise<void> {
+  let warned = false;
+  for (;;) {
+    const before = machineBusyMs();
+    const started = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const cores = (machineBusyMs() - before) / 2000;
+    waitBudgetMs -= performance.now() - started;
+    if (cores < quietCores) return;
+    if (waitBudgetMs <= 0) {
+      if (!warned) say(`the machine is still busy (${cores.toFixed(2)} cores in use); measuring anyway`);
+      return;
+    }
+    if (!warned) say(`the machine is busy (${cores.toFixed(2)} cores in use by other processes); waiting`);
+    warned = true;
+  }
+}
+
+/** How long one run may wait, in all, for the machine to be quiet. */
+let waitBudgetMs = 15 * 60_000;
+
+/** Other processes may use this much CPU (in cores) during a cell before it is measured again. */
+const quietCores = 0.15;
+
+// ---------------------------------------------------------------------------------------
+// Cells
+// ---------------------------------------------------------------------------------------
+
+/** Nearest-rank percentile of an ascending array (NaN when empty). */
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p / 100 * sorted.length) - 1)];
+}
+
+function summarize(
+  target: TargetName,
+  stream: boolean,
+  concurrency: number,
+  result: LoadResult,
+  cpu: Record<string, number>,
+  busyMs: number,
+): Cell {
+  const ours = Object.values(cpu).reduce((a, b) => a + b, 0) + result.cpuMs;
+  const latencies = result.latencies.toSorted((a, b) => a - b);
+  const ttfbs = result.ttfbs.toSorted((a, b) => a - b);
+  return {
+    target,
+    stream,
+    concurrency,
+    requests: result.ok + Object.values(result.errors).reduce((a, b) => a + b, 0),
+    ok: result.ok,
+    errors: result.errors,
+    rps: result.ok / (result.wallMs / 1000),
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    ttfb50: percentile(ttfbs, 50),
+    ttfb99: percentile(ttfbs, 99),
+    cpu: Object.fromEntries(Object.entries(cpu).map(([k, ms]) => [k, ms / Math.max(1, result.ok)])),
+    otherCores: Math.max(0, busyMs - ours) / result.wallMs,
+    wallMs: result.wallMs,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Runs one load job in its own process, calling `onMeasuring` when its warm-up is over.
+ * Bounded by `limitMs`: past it the generator is killed and the job fails.
+ */
+async function load(job: LoadJob, limitMs: number, onMeasuring: () => void = () => {}): Promise<LoadResult> {
+  const [cmd, argv] = deno(`${benchDir}load.ts`);
+  const child = new Deno.Command(cmd, { args: argv, stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), limitMs);
+  try {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(JSON.stringify(job)));
+    await writer.close();
+    let text = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      const before = text.length;
+      text += chunk;
+      if (before < "measuring\n".length && text.startsWith("measuring\n")) onMeasuring();
+    }
+    if (!(await child.status).success) throw new Error(`the load generator failed or ran past ${limitMs / 1000} s`);
+    return JSON.parse(text.slice("measuring\n".length));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function jobFor(target: Target, stream: boolean, concurrency: number, extra: Partial<LoadJob> = {}): LoadJob {
+  return {
+    url: target.url,
+    headers: { ...commonHeaders, ...target.headers },
+    tokens: target.tokens,
+    body: requestBody(stream),
+    stream,
+    concurrency,
+    warmup: warmupAt(concurrency),
+    requests: requestsAt(concurrency),
+    timeoutMs: settings.timeoutMs,
+    ...extra,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  if (!args.out) throw new Error("usage: gateway.ts --out <file> [--soak s] [--requests n] [--targets list]");
+  const stops: (() => Promise<void>)[] = [];
+  const tempDir = await Deno.makeTempDir({ prefix: "tollgate-bench-" });
+  const cleanUp = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch((error) => say(`stopping: ${error}`));
+    await Deno.remove(tempDir, { recursive: true }).catch(() => {});
+  };
+  // Interrupted, it still stops what it started: PostgreSQL runs detached and would outlive us.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      say("interrupted: stopping the servers");
+      cleanUp().finally(() => Deno.exit(130));
+    });
+  }
+  // Postgres runs as its own OS user when we are root; it must reach its data directory.
+  if (Deno.uid() === 0) await Deno.chmod(tempDir, 0o755);
+  try {
+    say("starting the local provider");
+    const provider = await spawnServer(...deno(`${benchDir}provider.ts`), /provider listening on (\S+)/);
+    stops.push(provider.stop);
+    const providerHeaders = { authorization: `Bearer ${providerKey}` };
+
+    const all: Partial<Record<TargetName, Target>> = {};
+    const versions: Record<string, string> = { deno: Deno.version.deno };
+    all.direct = {
+      name: "direct",
+      url: `${provider.url}/v1/chat/completions`,
+      headers: providerHeaders,
+      pids: () => ({ provider: [provider.pid] }),
+    };
+
+    if (targets.includes("floor")) {
+      const floor = await spawnServer(...deno(`${benchDir}floor-proxy.ts`, provider.url), /floor listening on (\S+)/);
+      stops.push(floor.stop);
+      all.floor = {
+        name: "floor",
+        url: `${floor.url}/v1/chat/completions`,
+        headers: providerHeaders,
+        pids: () => ({ target: [floor.pid], provider: [provider.pid] }),
+        rss: () => rssMb(floor.pid),
+      };
+    }
+
+    if (targets.includes("portkey")) {
+      versions.portkey = await ensurePortkey();
+      versions.node = (await new Deno.Command("node", { args: ["--version"] }).output().then((o) =>
+        new TextDecoder().decode(o.stdout).trim()
+      )).replace(/^v/, "");
+      say("starting Portkey's gateway");
+      const portkey = await startPortkey();
+      stops.push(portkey.stop);
+      all.portkey = {
+        name: "portkey",
+        url: `${portkey.url}/v1/chat/completions`,
+        headers: {
+          ...providerHeaders,
+          "x-portkey-provider": "openai",
+          "x-portkey-custom-host": `${provider.url}/v1`,
+        },
+        pids: () => ({ target: [portkey.pid], provider: [provider.pid] }),
+        rss: () =>
+          rssMb(portkey.pid),
+      };
+    }
+
+    let tollgate: Awaited<ReturnType<typeof startTollgate>> | undefined;
+    if (targets.includes("tollgate")) {
+      tollgate = await startTollgate(`${tempDir}/pgdata`, provider.url);
+      stops.push(tollgate.stop);
+      versions.postgres = tollgate.postgresVersion;
+      const { gateway, postmaster } = tollgate;
+      all.tollgate = {
+        name: "tollgate",
+        url: `${gateway.url}/functions/v1/ai/v1/chat/completions`,
+        headers: {},
+        tokens: tollgate.tokens,
+        pids: () => ({ target: [gateway.pid], provider: [provider.pid], postgres: withChildren(postmaster) }),
+        drain: tollgate.drain,
+        rss: () => rssMb(gateway.pid),
+      };
+    }
+
+    // Cells: plain then streamed; for each concurrency, every target one after the other, so
+    // that whatever drifts during the run (heat, the database growing) touches them all alike.
+    // A warm-up round first, so every server's JIT is as warm as the others' when its first
+    // cell is measured (Node and Deno both keep optimizing for thousands of requests).
+    await waitForQuiet();
+    for (const target of Object.values(all)) {
+      say(`${target.name}: warm-up round (2,000 requests, not measured)`);
+      for (const stream of [false, true]) {
+        await load(jobFor(target, stream, 10, { warmup: 0, requests: 1000 }), 5 * 60_000);
+        await target.drain?.();
+      }
+    }
+
+    const cells: Cell[] = [];
+    for (const stream of [false, true]) {
+      for (const concurrency of settings.concurrencies) {
+        for (const name of ["direct", ...targets.filter((t) => t !== "direct")] as TargetName[]) {
+          const target = all[name];
+          if (!target) continue;
+          say(
+            `${name}: ${stream ? "streamed" : "plain"}, concurrency ${concurrency}, ${
+              requestsAt(concurrency)
+            } requests`,
+          );
+          const cell = await measure(target, stream, concurrency);
+          say(
+            `  ${cell.rps.toFixed(0)} req/s, p50 ${cell.p50.toFixed(2)} ms, p99 ${cell.p99.toFixed(2)} ms` +
+              (cell.ok < cell.requests ? `, ${cell.requests - cell.ok} FAILED: ${JSON.stringify(cell.errors)}` : ""),
+          );
+          cells.push(cell);
+        }
+      }
+    }
+
+    const soak = tollgate && settings.soakSeconds > 0 ? await runSoak(all.tollgate!, tollgate) : undefined;
+    const accounting = tollgate ? await tollgate.accounting() : undefined;
+    await Deno.writeTextFile(
+      args.out,
+      report(
+        {
+          concurrencies: settings.concurrencies,
+          requests: settings.requests,
+          requestsAtOne: requestsAt(1),
+          words: settings.words,
+          users: settings.users,
+          quietCores,
+        },
+        cells,
+        soak,
+        accounting,
+        versions,
+        tollgate?.freshMb,
+      ),
+    );
+    say(`section written to ${args.out}`);
+  } finally {
+    await cleanUp();
+  }
+}
+
+/**
+ * One cell. CPU is counted from the end of the warm-up to the last answer; when processes
+ * outside the benchmark took more than `quietCores` meanwhile, the cell is measured again
+ * (twice at most) once the machine is quiet, and the noise that remains is reported.
+ */
+async function measure(target: Target, stream: boolean, concurrency: number): Promise<Cell> {
+  const cpuNow = () => Object.fromEntries(Object.entries(target.pids()).map(([k, pids]) => [k, cpuMs(pids, true)]));
+  let cell: Cell | undefined;
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    let cpuBefore: Record<string, number> = {};
+    let busyBefore = 0;
+    const result = await load(jobFor(target, stream, concurrency), 10 * 60_000, () => {
+      cpuBefore = cpuNow();
+      busyBefore = machineBusyMs();
+    });
+    const busy = machineBusyMs() - busyBefore;
+    const cpu = Object.fromEntries(Object.entries(cpuNow()).map(([k, ms]) => [k, ms - cpuBefore[k]]));
+    cell = summarize(target.name, stream, concurrency, result, cpu, busy);
+    // Deferred work must not spill into the next measurement.
+    if (target.drain) cell.settleLagMs = (await target.drain()) ?? null;
+    if (target.rss) cell.rssMb = await target.rss();
+    // CPU times tick in 10 ms steps: on a cell shorter than a second that alone looks like noise.
+    if (cell.otherCores < quietCores || cell.otherCores * cell.wallMs < 100 || waitBudgetMs <= 0) break;
+    say(`  other processes used ${cell.otherCores.toFixed(2)} cores meanwhile: measuring again`);
+    await waitForQuiet();
+  }
+  return cell!;
+}
+
+/** The local stack plus a function process of our own (its pid is what the soak watches). */
+async function startTollgate(dataDir: string, providerUrl: string) {
+  say("starting the local stack (PostgreSQL, migrations, the ai function)");
+  const stack = await startStack({
+    dataDir,
+    fresh: true,
+    providerEnv: {
+      OPENAI_API_KEY: providerKey,
+      OPENAI_BASE_URL: `${providerUrl}/v1`,
+      ANTHROPIC_API_KEY: providerKey,
+      ANTHROPIC_BASE_URL: providerUrl,
+    },
+  });
+  // The stack's own function process stays idle; ours is the one measured, with a known pid.
+  const gateway = await startGateway(stack.functionEnv);
+  const freshMb = await rssMb(gateway.pid);
+  const admin = postgres(stack.adminDbUrl, { max: 1, onnotice: () => {} });
+  const stop = async () => {
+    await admin.end();
+    await gateway.stop();
+    await stack.stop();
+  };
+  try {
+    const [{ version }] = await admin`select current_setting('server_version') as version`;
+    const postmaster = Number((await Deno.readTextFile(`${dataDir}/postmaster.pid`)).split("\n")[0]);
+
+    // A bench-only tier shaped like `pro` (a minute and an hour window, so admission does its
+    // real work) with limits no benchmark reaches, and no token quota or cost cap.
+    await admin.begin(async (sql) => {
+      await sql`
+        insert into tollgate.tiers (name, description, daily_token_quota, monthly_token_quota, monthly_cost_cap_usd)
+        values ('bench', 'Benchmark users: limits out of reach.', null, null, null)`;
+      await sql`
+        insert into tollgate.tier_windows (tier, name, window_seconds, max_requests)
+        values ('bench', 'minute', 60, 1000000000), ('bench', 'hour', 3600, 1000000000)`;
+    });
+    const ids = Array.from(
+      { length: settings.users },
+      (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`,
+    );
+    await admin`
+      insert into auth.users ${
+      admin(
+        ids.map((id) => ({
+          id,
+          aud: "authenticated",
+          role: "authenticated",
+          email: `bench-${id.slice(-4)}@tollgate.local`,
+        })),
+      )
+    }`;
+    await admin`insert into tollgate.user_plans ${admin(ids.map((user_id) => ({ user_id, tier: "bench" })))}`;
+    const tokens = await Promise.all(
+      ids.map((sub) => signAccessToken(stack.signingKey, stack.supabaseUrl, { sub, expiresIn: 6 * 3600 })),
+    );
+
+    return {
+      gateway,
+      postmaster,
+      tokens,
+      freshMb,
+      postgresVersion: version as string,
+      stop,
+      /**
+       * Waits until no reservation is left unsettled; returns how long that took (ms), or
+       * undefined when some were still open after 30 s (reported, not fatal: it is a finding).
+       */
+      async drain(): Promise<number | undefined> {
+        const started = performance.now();
+        while (performance.now() - started < 30_000) {
+          const [{ open }] = await admin`select count(*)::int as open from public.api_usage where status = 'reserved'`;
+          if (open === 0) return performance.now() - started;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        say("\x1b[31mreservations still unsettled 30 s after the load stopped\x1b[0m");
+        return undefined;
+      },
+      /** Every admitted call has exactly one row, none served from cache. */
+      async accounting() {
+        const [row] = await admin`
+          select (select count(*) from public.api_usage)::int as admitted,
+                 (select count(*) from public.ai_api_calls)::int as calls,
+                 (select count(*) from public.ai_api_calls where cached)::int as cached,
+                 (select count(*) from public.api_usage where status <> 'settled')::int as unsettled`;
+        return row as Accounting;
+      },
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+/** Steady mixed load (half the workers streaming) on the function process, sampling its RSS. */
+async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof startTollgate>>): Promise<Soak> {
+  const seconds = settings.soakSeconds;
+  const every = soakEvery(seconds);
+  say(`soak: ${seconds} s of steady load on the function process (RSS every ${every} s)`);
+  const pid = tollgate.gateway.pid;
+  const beforeMb = await rssMb(pid);
+  const samples = [{ at: 0, mb: beforeMb }];
+  const cpuBefore = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0);
+  const busyBefore = machineBusyMs();
+  const started = performance.now();
+  const sampler = setInterval(async () => {
+    const at = (performance.now() - started) / 1000;
+    const mb = await rssMb(pid);
+    samples.push({ at, mb });
+    say(`  ${at.toFixed(0)} s: RSS ${mb.toFixed(1)} MB`);
+  }, every * 1000);
+  const jobs = [false, true].map((stream) =>
+    load(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
+  );
+  const results = await Promise.all(jobs);
+  clearInterval(sampler);
+  const wallMs = performance.now() - started;
+  const ours = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0) - cpuBefore +
+    results.reduce((sum, r) => sum + r.cpuMs, 0);
+  const otherCores = Math.max(0, machineBusyMs() - busyBefore - ours) / wallMs;
+  samples.push({ at: (performance.now() - started) / 1000, mb: await rssMb(pid) });
+  await tollgate.drain();
+  // Idle for a moment, then once more: what is left when the load is gone.
+  await new Promise((resolve) => setTimeout(resolve, 5000));
+  const afterIdleMb = await rssMb(pid);
+  const errors: Record<string, number> = {};
+  for (const r of results) for (const [k, n] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + n;
+  // The last second is cut short by the end of the soak: it is left out.
+  const length = Math.max(...results.map((r) => r.perSecond.length)) - 1;
+  const perSecond = Array.from({ length }, (_, i) => results.reduce((sum, r) => sum + (r.perSecond[i] ?? 0), 0));
+  return {
+    seconds,
+    samples,
+    freshMb: tollgate.freshMb,
+    beforeMb,
+    afterIdleMb,
+    served: results.reduce((sum, r) => sum + r.ok, 0),
+    errors,
+    perSecond,
+    otherCores,
+  };
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    console.error(error);
+    Deno.exit(1);
+  }
+}
