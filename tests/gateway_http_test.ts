@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { Anthropic, OpenAI } from "./deps.ts";
 import { admin, createUser, integration, prompt, settledCall, startTestGateway } from "./stack/harness.ts";
+import { DEFAULT_API_KEY } from "./stack/provider.ts";
 
 const gateway = await startTestGateway();
 const chatUrl = `${gateway.openaiBase}/chat/completions`;
@@ -35,7 +36,7 @@ integration("http: invalid bodies are 400 in each endpoint's own format, naming 
   assert.equal(openaiError.type, "invalid_request_error");
   assert.match(openaiError.param, /^messages\.0/);
 
-  const anthropic = await post(messagesUrl, user.token, JSON.stringify({ model: "claude-sonnet-4-5", messages: [] }));
+  const anthropic = await post(messagesUrl, user.token, JSON.stringify({ model: "claude-sonnet-4-6", messages: [] }));
   assert.equal(anthropic.status, 400);
   const anthropicError = await anthropic.json();
   assert.equal(anthropicError.type, "error");
@@ -83,7 +84,7 @@ integration("http: no or bad token is 401 in each format, and nothing is recorde
   });
   await assert.rejects(
     anthropic.messages.create({
-      model: "claude-sonnet-4-5",
+      model: "claude-sonnet-4-6",
       max_tokens: 5,
       messages: [{ role: "user", content: "Hi" }],
     }),
@@ -208,3 +209,87 @@ integration("http: without its database the gateway fails closed with 503, never
     await offline.provider.close();
   }
 });
+
+integration(
+  "http: TOLLGATE_DB_UNAVAILABLE=fail_open serves calls without a database, saying they are unmetered",
+  async () => {
+    const offline = await startTestGateway({
+      SUPABASE_DB_URL: "postgresql://postgres:postgres@127.0.0.1:1/postgres",
+      TOLLGATE_DB_UNAVAILABLE: "fail_open",
+    });
+    try {
+      const user = await createUser();
+      const response = await fetch(`${offline.openaiBase}/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: prompt("Hi", "words=2") }] }),
+      });
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get("x-tollgate-warning") ?? "", /not metered/);
+      assert.equal((await response.json()).choices[0].message.content.split(" ").length, 2);
+      assert.equal(offline.provider.requests.length, 1);
+    } finally {
+      await offline.process.stop();
+      await offline.provider.close();
+    }
+  },
+);
+
+integration(
+  "http: a route to an OpenAI-compatible provider uses its own base URL and key from the environment",
+  async () => {
+    const compat = await startTestGateway();
+    const model = `compat-${crypto.randomUUID().slice(0, 8)}`;
+    await admin`insert into tollgate.routes (model, description) values (${model}, 'test route')`;
+    await admin`insert into tollgate.route_targets (route_model, position, provider, model) values (${model}, 1, 'groq', ${model})`;
+    const withGroq = await startTestGateway({
+      GROQ_BASE_URL: `${compat.provider.url}/v1`,
+      GROQ_API_KEY: DEFAULT_API_KEY,
+    });
+    try {
+      const user = await createUser();
+      const response = await post(
+        `${withGroq.openaiBase}/chat/completions`,
+        user.token,
+        JSON.stringify({ model, messages: [{ role: "user", content: prompt("Hi", "words=3") }] }),
+      );
+      assert.equal(response.status, 200);
+      await response.body?.cancel();
+      assert.equal(response.headers.get("x-tollgate-provider"), "groq");
+      assert.equal(compat.provider.requests.length, 1, "the call went to the compatible provider's base URL");
+      assert.equal(withGroq.provider.requests.length, 0);
+      const row = await settledCall(response.headers.get("x-request-id"));
+      assert.equal(row.provider, "groq");
+      assert.equal(row.priced, false, "a model no price is known for is flagged, not priced at zero silently");
+    } finally {
+      for (const gateway of [compat, withGroq]) {
+        await gateway.process.stop();
+        await gateway.provider.close();
+      }
+    }
+  },
+);
+
+integration(
+  "http: the opt-in response cache answers a repeated call, recorded as cached with the cost it saved",
+  async () => {
+    const user = await createUser();
+    const body = JSON.stringify({
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: prompt(`Cache me ${crypto.randomUUID()}`, "words=4") }],
+    });
+    const first = await post(chatUrl, user.token, body, { "x-tollgate-cache-ttl": "60" });
+    assert.equal(first.headers.get("x-tollgate-cache"), "miss");
+    const answer = await first.json();
+    const firstRow = await settledCall(first.headers.get("x-request-id"));
+
+    const second = await post(chatUrl, user.token, body, { "x-tollgate-cache-ttl": "60" });
+    assert.equal(second.status, 200);
+    assert.equal(second.headers.get("x-tollgate-cache"), "hit");
+    assert.deepEqual(await second.json(), answer);
+    const row = await settledCall(second.headers.get("x-request-id"));
+    assert.equal(row.cached, true);
+    assert.equal(Number(row.estimated_cost), 0);
+    assert.equal(Number(row.saved_cost), Number(firstRow.estimated_cost));
+  },
+);

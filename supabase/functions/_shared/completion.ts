@@ -3,6 +3,7 @@
  * call, the provider (retries, fallback), the response (streamed or not), and one settlement
  * after it. Every admitted call is settled exactly once, whatever happens.
  */
+import { createHash } from "node:crypto";
 import type { Caller } from "./auth.ts";
 import { type Answer, type CallPlan, dispatch, DispatchFailure, type Timeouts } from "./dispatch.ts";
 import { errorResponse, GatewayError, type WireFormat } from "./errors.ts";
@@ -70,20 +71,22 @@ async function readCall(request: Request, context: Context, format: WireFormat):
   return {
     caller,
     feature,
-    plan: { format, body, stream },
+    // Providers see who the end user is (for their abuse monitoring) as a stable pseudonym of
+    // the verified caller, never as an id the client wrote into the body.
+    plan: { format, body, stream, endUser: sha256Hex(`tollgate-user:${caller.userId}`).slice(0, 32) },
     model: body.model,
     inputTokens: estimateInputTokens(
       JSON.stringify(format === "anthropic" ? [body.system, body.messages] : body.messages),
     ),
     maxOutputTokens,
-    cacheKey: stream ? null : await cacheKeyOf(request, format, feature, body),
+    cacheKey: stream ? null : cacheKeyOf(request, format, feature, body),
     cacheTtlSeconds,
   };
 }
 
 function admissionRequest(call: Incoming, requestId: string, dryRun: boolean) {
   const estimate = estimateCostMicros(
-    call.model.startsWith("claude") ? "anthropic" : "openai",
+    defaultProvider(call.model),
     call.model,
     call.inputTokens,
     call.maxOutputTokens ?? 1024,
@@ -103,6 +106,36 @@ function admissionRequest(call: Incoming, requestId: string, dryRun: boolean) {
   };
 }
 
+/**
+ * With TOLLGATE_DB_UNAVAILABLE=fail_open, a call the database could not admit goes out anyway:
+ * to the model's default provider, without limits, and recorded only in the log.
+ */
+function unmeteredAdmission(call: Incoming, requestId: string): Admission {
+  return {
+    allowed: true,
+    request_id: requestId,
+    layer: null,
+    code: null,
+    message: null,
+    retry_after_seconds: null,
+    tier: null,
+    windows: [],
+    tokens: null,
+    spend: null,
+    warnings: [{ kind: "unmetered", percent: null, message: "The database is unavailable: this call is not metered." }],
+    feature: null,
+    model: call.model,
+    restricted: null,
+    route: [{ provider: defaultProvider(call.model), model: call.model, state: "closed", probe: false }],
+    prices: [],
+    cached: null,
+    reserved: null,
+  };
+}
+
+// The database's default route (tollgate.admit) for a model without a row in tollgate.routes.
+const defaultProvider = (model: string) => model.startsWith("claude") ? "anthropic" : "openai";
+
 function rejection(admission: Admission): GatewayError {
   const status = admission.code === "unknown_feature" || admission.code === "invalid_request"
     ? 400
@@ -121,7 +154,17 @@ function rejection(admission: Admission): GatewayError {
 
 export async function handleCompletion(request: Request, context: Context, format: WireFormat): Promise<Response> {
   const call = await readCall(request, context, format);
-  const admission = await context.ledger.admit(admissionRequest(call, context.requestId, false));
+  let admission: Admission;
+  let metered = true;
+  try {
+    admission = await context.ledger.admit(admissionRequest(call, context.requestId, false));
+  } catch (error) {
+    if (!(context.config.failOpen && error instanceof GatewayError && error.code === "database_unavailable")) {
+      throw error;
+    }
+    admission = unmeteredAdmission(call, context.requestId);
+    metered = false;
+  }
   if (!admission.allowed) throw rejection(admission);
 
   // From here on the call is admitted: it must be settled exactly once, whatever fails.
@@ -130,7 +173,10 @@ export async function handleCompletion(request: Request, context: Context, forma
   const settle = () => {
     if (settled) return;
     settled = true;
-    settleInBackground(context.ledger, record);
+    if (metered) settleInBackground(context.ledger, record);
+    else {console.warn(
+        `unmetered call (database unavailable, TOLLGATE_DB_UNAVAILABLE=fail_open): ${JSON.stringify(record)}`,
+      );}
   };
   try {
     return await serveAdmitted(request, context, call, admission, record, settle);
@@ -423,19 +469,18 @@ function price(answer: Answer, admission: Admission, usage: Usage) {
 }
 
 /** Exact-match cache key: the same caller-visible request for the same feature and format. */
-async function cacheKeyOf(
+function cacheKeyOf(
   request: Request,
   format: WireFormat,
   feature: string,
   body: OpenAIChatRequest | AnthropicMessagesRequest,
-): Promise<string | null> {
+): string | null {
   if (request.headers.get("x-tollgate-cache") === "skip") return null;
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    new TextEncoder().encode(JSON.stringify([format, feature, body])),
-  );
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return sha256Hex(JSON.stringify([format, feature, body]));
 }
+
+// node:crypto hashes synchronously, several times faster than crypto.subtle for small inputs.
+const sha256Hex = (text: string) => createHash("sha256").update(text).digest("hex");
 
 /** Micro-dollars as an exact decimal USD string (never through a float division). */
 export function usd(micros: number): string {

@@ -19,6 +19,10 @@ export interface Ledger {
   settle(call: Settlement): Promise<void>;
   usage(userId: string, isAnonymous: boolean): Promise<AccountUsage>;
   models(feature: string): Promise<string[]>;
+  /** Due budget alerts, leased to this isolate for `leaseSeconds` (see alerts.ts). */
+  claimAlerts(max: number, leaseSeconds: number): Promise<{ alert_id: number; payload: Json }[]>;
+  /** The outcome of one delivery: null when the webhook took it, else why not. */
+  recordAlertDelivery(alertId: number, error: string | null): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -28,26 +32,36 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     max: 4,
     prepare: !options.viaPooler,
     connect_timeout: 5,
+    // postgres.js backs off up to 20 s between reconnects, holding queries meanwhile: a call
+    // should be refused at once while the database is down, and admitted at once after.
+    backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 0.5),
     idle_timeout: 30,
     max_lifetime: 60 * 10,
     onnotice: () => {},
     connection: { application_name: "tollgate" },
   });
 
-  /** `select tollgate.<name>(arg => $1, …)`: named arguments, so their order cannot drift. */
-  async function invoke<F extends keyof Functions>(
-    name: F,
-    args: Functions[F]["Args"],
-  ): Promise<Functions[F]["Returns"]> {
+  /**
+   * `select * from tollgate.<name>(arg => $1, …)`: named arguments, so their order cannot drift.
+   * A function returning a scalar answers one row whose one column is the value.
+   */
+  async function rows<F extends keyof Functions>(name: F, args: Functions[F]["Args"]) {
     const entries = Object.entries(args);
     const list = entries.map(([arg], i) => `${arg} => $${i + 1}`).join(", ");
     const values = entries.map(([, value]) =>
       typeof value === "object" && value !== null ? sql.json(value as postgres.JSONValue) : value
     );
-    const [row] = await sql.unsafe(
-      `select tollgate.${name}(${list}) as result`,
+    return await sql.unsafe(
+      `select * from tollgate.${name}(${list}) as result`,
       values as postgres.ParameterOrJSON<never>[],
     );
+  }
+
+  async function invoke<F extends keyof Functions>(
+    name: F,
+    args: Functions[F]["Args"],
+  ): Promise<Functions[F]["Returns"]> {
+    const [row] = await rows(name, args);
     return row.result;
   }
 
@@ -67,12 +81,28 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     async models(feature) {
       return await invoke("models_for", { feature }).catch(unavailable) ?? [];
     },
+    async claimAlerts(max, leaseSeconds) {
+      return await rows("claim_alerts", { max_alerts: max, lease_seconds: leaseSeconds }) as unknown as Functions[
+        "claim_alerts"
+      ]["Returns"];
+    },
+    async recordAlertDelivery(alertId, error) {
+      await invoke("record_alert_delivery", { alert_id: alertId, ...(error === null ? {} : { error_message: error }) });
+    },
     close: () => sql.end({ timeout: 5 }),
   };
 }
 
 /** Admission without a database cannot meter the call: refuse it (fail closed). */
 function unavailable(error: unknown): never {
+  // The database answered, refusing a value (a NUL in a string, say): the request is at fault.
+  if (error instanceof postgres.PostgresError && error.code.startsWith("22")) {
+    throw new GatewayError({
+      status: 400,
+      code: "invalid_request",
+      message: `The request has an invalid value: ${error.message}.`,
+    });
+  }
   console.error("database call failed:", error instanceof Error ? error.message : error);
   throw new GatewayError({
     status: 503,

@@ -17,6 +17,8 @@ export interface CallPlan {
   format: WireFormat;
   body: OpenAIChatRequest | AnthropicMessagesRequest;
   stream: boolean;
+  /** The end user as providers see it (OpenAI `user`, Anthropic `metadata.user_id`). */
+  endUser: string;
 }
 
 export interface Timeouts {
@@ -177,12 +179,12 @@ function upstreamBody(
       : openaiToAnthropicRequest(plan.body as OpenAIChatRequest);
     const clientAskedUsage = plan.format === "openai" &&
       (plan.body as OpenAIChatRequest).stream_options?.include_usage === true;
-    return { body: { ...body, model }, clientAskedUsage };
+    return { body: { ...body, model, metadata: { ...body.metadata, user_id: plan.endUser } }, clientAskedUsage };
   }
   const body = plan.format === "openai"
     ? plan.body as OpenAIChatRequest
     : anthropicToOpenAIRequest(plan.body as AnthropicMessagesRequest);
-  const withUsage = withStreamUsage({ ...body, model });
+  const withUsage = withStreamUsage({ ...body, model, user: plan.endUser });
   return { body: withUsage.body, clientAskedUsage: plan.format === "openai" && withUsage.clientAskedUsage };
 }
 

@@ -93,11 +93,40 @@ export async function readJson(request: Request, maxBytes: number): Promise<unkn
   } catch {
     throw invalidJson("The request body is not valid UTF-8.");
   }
+  if (nestingDepth(text, maxNesting) > maxNesting) {
+    throw new GatewayError({
+      status: 400,
+      code: "invalid_request",
+      message: `The request body is nested more than ${maxNesting} levels deep.`,
+    });
+  }
   try {
     return JSON.parse(text);
   } catch (error) {
     throw invalidJson(`The request body is not valid JSON: ${(error as Error).message}.`);
   }
+}
+
+/**
+ * No real chat request nests deeper than this; a body that does would overflow the stack of
+ * every later step that walks it (validation, translation, JSON.stringify).
+ */
+const maxNesting = 64;
+
+/** How deeply JSON text nests its arrays and objects (stops counting past `limit`). */
+function nestingDepth(text: string, limit: number): number {
+  let depth = 0, deepest = 0, inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const char = text.charCodeAt(i);
+    if (inString) {
+      if (char === 0x5c) i++; // a backslash escapes the next character
+      else if (char === 0x22) inString = false;
+    } else if (char === 0x22) inString = true;
+    else if (char === 0x7b || char === 0x5b) {
+      if (++depth > deepest && (deepest = depth) > limit) break;
+    } else if (char === 0x7d || char === 0x5d) depth--;
+  }
+  return deepest;
 }
 
 function concat(chunks: Uint8Array[], size: number): Uint8Array {
