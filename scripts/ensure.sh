@@ -14,8 +14,10 @@ command -v node >/dev/null || fail "Node.js is required (https://nodejs.org); th
 command -v npm >/dev/null || fail "npm is required (it comes with Node.js); then run this again."
 
 if [[ ! -x node_modules/.bin/deno || ! -x node_modules/.bin/supabase ]]; then
-  say "installing Deno and the Supabase CLI from npm (pinned in package-lock.json)…"
-  npm ci --no-audit --no-fund --loglevel=error >&2 || fail "npm ci failed (see above)."
+  say "installing Deno and the Supabase CLI from npm (pinned in package.json and package-lock.json)…"
+  # `npm install` with the lock file, not `npm ci`: npm 11 writes lock files without the other
+  # platforms' optional binaries of deno and supabase, and `npm ci` then refuses them.
+  npm install --no-save --no-audit --no-fund --loglevel=error >&2 || fail "npm install failed (see above)."
 fi
 
 pg_bin=/usr/lib/postgresql/15/bin
