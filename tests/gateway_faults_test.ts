@@ -145,3 +145,61 @@ integration("faults: exactly one row per admitted call across a burst of mixed f
   const [{ count }] = await admin`select count(*)::int as count from public.ai_api_calls where user_id = ${user.id}`;
   assert.equal(count, directives.length);
 });
+
+integration("faults: with every provider down, a feature allowing stale answers gets its last cached one", async () => {
+  const user = await createUser();
+  const feature = `stale-${crypto.randomUUID().slice(0, 8)}`;
+  await admin`
+    insert into tollgate.features (name, priority, cache_ttl_seconds, stale_cache_seconds)
+    values (${feature}, 'normal', 1, 3600)`;
+  // A model of its own: the outage below opens its circuit breakers, and no one else's.
+  const { model } = await isolatedModel();
+  const body = JSON.stringify({
+    model,
+    messages: [{ role: "user", content: prompt(`Remember ${feature}`, "words=3") }],
+  });
+  const call = (base: string) =>
+    fetch(`${base}/chat/completions`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${user.token}`,
+        "content-type": "application/json",
+        "x-tollgate-feature": feature,
+      },
+      body,
+    });
+  const fresh = await call(gateway.openaiBase);
+  assert.equal(fresh.status, 200);
+  const answer = await fresh.json();
+  const freshRow = await settledCall(fresh.headers.get("x-request-id"));
+  await new Promise((resolve) => setTimeout(resolve, 1100)); // the entry expires (TTL 1 s)
+
+  // A function server whose providers are all unreachable.
+  const down = await startTestGateway({
+    OPENAI_BASE_URL: "http://127.0.0.1:1/v1",
+    ANTHROPIC_BASE_URL: "http://127.0.0.1:1",
+    TOLLGATE_DEADLINE_MS: "3000",
+  });
+  try {
+    const stale = await call(down.openaiBase);
+    assert.equal(stale.status, 200);
+    assert.equal(stale.headers.get("x-tollgate-cache"), "stale");
+    assert.deepEqual(await stale.json(), answer);
+    const row = await settledCall(stale.headers.get("x-request-id"));
+    assert.equal(row.cached, true);
+    assert.equal(row.error_code, "provider_unavailable");
+    assert.equal(Number(row.saved_cost), Number(freshRow.estimated_cost));
+
+    // Without a stale window (the default feature), the same outage is an honest 503.
+    const plain = await fetch(`${down.openaiBase}/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json" },
+      body,
+    });
+    assert.equal(plain.status, 503);
+    assert.equal((await plain.json()).error.code, "provider_unavailable");
+  } finally {
+    await down.process.stop();
+    await down.provider.close();
+  }
+});

@@ -156,6 +156,7 @@ create table tollgate.features (
   max_tokens integer not null default 1024 check (max_tokens between 1 and 1000000),
   restricted_max_tokens integer not null default 256 check (restricted_max_tokens between 1 and 1000000),
   cache_ttl_seconds integer not null default 0 check (cache_ttl_seconds between 0 and 2592000),
+  stale_cache_seconds integer not null default 0 check (stale_cache_seconds between 0 and 2592000),
   paused boolean not null default false,
   paused_reason text,
   paused_since timestamptz,
@@ -172,6 +173,7 @@ comment on column tollgate.features.allowed_models is 'Models a client may reque
 comment on column tollgate.features.max_tokens is 'Default and upper bound of a request''s max output tokens.';
 comment on column tollgate.features.restricted_max_tokens is 'max output tokens in restricted mode (throttle, or a user past a token quota).';
 comment on column tollgate.features.cache_ttl_seconds is 'Exact-match response cache lifetime; 0 disables the cache for the feature (a request may still enable it).';
+comment on column tollgate.features.stale_cache_seconds is 'How long after a cache entry expires it may still be served when every provider of the route is down (graceful degradation, seed 000). 0: never.';
 comment on column tollgate.features.paused is 'Operator switch: refuse every call of this feature (`feature_paused`).';
 comment on column tollgate.features.paused_reason is 'Why the feature is paused (shown to clients).';
 comment on column tollgate.features.paused_since is 'When the feature was paused.';
@@ -383,7 +385,8 @@ create table tollgate.response_cache (
   response jsonb not null,
   cost_usd numeric(10, 6) not null default 0 check (cost_usd >= 0),
   created_at timestamptz not null default now(),
-  expires_at timestamptz not null
+  expires_at timestamptz not null,
+  stale_until timestamptz check (stale_until >= expires_at)
 );
 create index response_cache_expires_at_idx on tollgate.response_cache (expires_at);
 comment on table tollgate.response_cache is
@@ -395,7 +398,8 @@ comment on column tollgate.response_cache.model is 'Model that produced the resp
 comment on column tollgate.response_cache.response is 'The response body to replay (the function''s format).';
 comment on column tollgate.response_cache.cost_usd is 'What producing the response cost: what each hit saves.';
 comment on column tollgate.response_cache.created_at is 'When the entry was stored.';
-comment on column tollgate.response_cache.expires_at is 'After this the entry is not served.';
+comment on column tollgate.response_cache.expires_at is 'After this the entry is not served while a provider can answer.';
+comment on column tollgate.response_cache.stale_until is 'Until then the entry may still be served when every provider is down (expires_at + the feature''s stale_cache_seconds; null: not at all); pruned after it.';
 
 -- ----------------------------------------------------------------------------
 -- Row level security and privileges for every table of this file

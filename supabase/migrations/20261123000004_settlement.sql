@@ -564,14 +564,16 @@ begin
 
   if v_call.status = 'success' and not v_cached and jsonb_typeof(v_call.cache_entry) = 'object' then
     insert into tollgate.response_cache as rc (
-      cache_key, feature, provider, model, response, cost_usd, created_at, expires_at)
-    values (v_call.cache_entry ->> 'key', coalesce(v_usage.feature, v_old.feature), v_call.provider, v_call.model,
-      v_call.cache_entry -> 'response', v_cost, v_now,
-      v_now + make_interval(secs => (v_call.cache_entry ->> 'ttl_seconds')::numeric::integer))
+      cache_key, feature, provider, model, response, cost_usd, created_at, expires_at, stale_until)
+    select e.key, e.feature, v_call.provider, v_call.model, v_call.cache_entry -> 'response', v_cost, v_now,
+      e.expires_at, e.expires_at + make_interval(secs => coalesce(f.stale_cache_seconds, 0))
+    from (select v_call.cache_entry ->> 'key' as key, coalesce(v_usage.feature, v_old.feature) as feature,
+            v_now + make_interval(secs => (v_call.cache_entry ->> 'ttl_seconds')::numeric::integer) as expires_at) as e
+    left join tollgate.features as f on f.name = e.feature
     on conflict (cache_key) do update
       set feature = excluded.feature, provider = excluded.provider, model = excluded.model,
           response = excluded.response, cost_usd = excluded.cost_usd,
-          created_at = excluded.created_at, expires_at = excluded.expires_at;
+          created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = excluded.stale_until;
   end if;
 
   ---------------------------------------------------------------- circuit breakers, then rollups (the lock order)

@@ -186,7 +186,7 @@ begin
         updated_at = excluded.updated_at;
   get diagnostics v_folded = row_count;
 
-  delete from tollgate.response_cache as c where c.expires_at < v_now;
+  delete from tollgate.response_cache as c where coalesce(c.stale_until, c.expires_at) < v_now;
   get diagnostics v_cache = row_count;
 
   delete from tollgate.rejections as r where r.created_at < v_now - interval '30 days';

@@ -219,6 +219,15 @@ async function serveAdmitted(
     if (!(error instanceof DispatchFailure)) throw error;
     record.attempts_detail = error.outcomes;
     record.attempts = error.outcomes.length;
+    const stale = await staleAnswer(context, call, error);
+    if (stale) {
+      // Graceful degradation: every provider failed, the feature allows an earlier answer.
+      Object.assign(record, { cached: true, status: "success", saved_cost_usd: String(stale.cost_usd) });
+      record.error_code = error.error.code;
+      record.latency_ms = elapsed(context);
+      settle();
+      return json(stale.response, { ...headers, "x-tollgate-cache": "stale" }, context);
+    }
     record.status = error.error.code === "client_closed" ? "client_closed" : error.timedOut ? "timeout" : "error";
     record.error_code = error.error.code;
     record.latency_ms = elapsed(context);
@@ -260,6 +269,18 @@ async function serveAdmitted(
   const body = await readAnswer(context, call, answer, admission, record);
   settle();
   return json(body, headers, context);
+}
+
+/** A cached answer to fall back on when no provider could answer (never for a client that left). */
+async function staleAnswer(context: Context, call: Incoming, failure: DispatchFailure) {
+  if (!call.cacheKey || failure.error.code === "client_closed") return null;
+  try {
+    return await context.ledger.staleAnswer(call.cacheKey, call.feature);
+  } catch (error) {
+    // The provider error stands; the cache was only a fallback.
+    console.warn(`stale cache lookup failed: ${error instanceof Error ? error.message : error}`);
+    return null;
+  }
 }
 
 /** A JSON answer, in the client's format, with its usage and cost written into `record`. */

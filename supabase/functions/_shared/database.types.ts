@@ -604,6 +604,7 @@ export type Database = {
           "paused_since": string | null;
           "priority": string;
           "restricted_max_tokens": number;
+          "stale_cache_seconds": number;
           "updated_at": string;
         };
         ComputedFields: never;
@@ -619,6 +620,7 @@ export type Database = {
           "paused_since"?: string | null;
           "priority"?: string;
           "restricted_max_tokens"?: number;
+          "stale_cache_seconds"?: number;
           "updated_at"?: string;
         };
         Update: {
@@ -633,6 +635,7 @@ export type Database = {
           "paused_since"?: string | null;
           "priority"?: string;
           "restricted_max_tokens"?: number;
+          "stale_cache_seconds"?: number;
           "updated_at"?: string;
         };
         Relationships: [];
@@ -847,6 +850,7 @@ export type Database = {
           "model": string;
           "provider": string;
           "response": NonNullable<Json>;
+          "stale_until": string | null;
         };
         ComputedFields: never;
         Insert: {
@@ -858,6 +862,7 @@ export type Database = {
           "model": string;
           "provider": string;
           "response": NonNullable<Json>;
+          "stale_until"?: string | null;
         };
         Update: {
           "cache_key"?: string;
@@ -868,6 +873,7 @@ export type Database = {
           "model"?: string;
           "provider"?: string;
           "response"?: NonNullable<Json>;
+          "stale_until"?: string | null;
         };
         Relationships: [];
       };
@@ -1204,6 +1210,7 @@ export type Database = {
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "settle": { Args: { "call": Json }; Returns: Json };
+      "stale_answer": { Args: { "cache_key": string; "feature": string }; Returns: Json };
       "usage": { Args: { "is_anonymous"?: boolean; "user_id": string }; Returns: Json };
       "usage_delta_of": {
         Args: {

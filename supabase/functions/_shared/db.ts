@@ -19,6 +19,8 @@ export interface Ledger {
   settle(call: Settlement): Promise<void>;
   usage(userId: string, isAnonymous: boolean): Promise<AccountUsage>;
   models(feature: string): Promise<string[]>;
+  /** A cached answer still inside the feature's stale window, for when every provider failed. */
+  staleAnswer(cacheKey: string, feature: string): Promise<{ response: Json; cost_usd: number } | null>;
   /** Due budget alerts, leased to this isolate for `leaseSeconds` (see alerts.ts). */
   claimAlerts(max: number, leaseSeconds: number): Promise<{ alert_id: number; payload: Json }[]>;
   /** The outcome of one delivery: null when the webhook took it, else why not. */
@@ -80,6 +82,11 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     },
     async models(feature) {
       return await invoke("models_for", { feature }).catch(unavailable) ?? [];
+    },
+    async staleAnswer(cacheKey, feature) {
+      return await invoke("stale_answer", { cache_key: cacheKey, feature }) as
+        | { response: Json; cost_usd: number }
+        | null;
     },
     async claimAlerts(max, leaseSeconds) {
       return await rows("claim_alerts", { max_alerts: max, lease_seconds: leaseSeconds }) as unknown as Functions[
