@@ -141,10 +141,14 @@ export function withStreamUsage(
  * that `withStreamUsage` added does not, unless the client asked for it.
  */
 export function forwardToClient(event: SseEvent, clientAskedUsage: boolean): boolean {
-  if (clientAskedUsage) return true;
+  // Only a chunk with an empty `choices` can be the usage chunk: the others (the stream's bulk,
+  // already parsed once by the tracker) are not parsed again.
+  if (clientAskedUsage || !emptyChoices.test(event.data)) return true;
   const chunk = readChunk(event);
   return !(chunk?.usage && chunk.choices?.length === 0);
 }
+
+const emptyChoices = /"choices"\s*:\s*\[\s*\]/;
 
 class OpenAIStreamTracker implements StreamTracker {
   usage: Usage = emptyUsage();
