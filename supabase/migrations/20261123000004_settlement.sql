@@ -126,6 +126,47 @@ $$;
 comment on function tollgate.usage_delta_of(public.ai_api_calls, integer, bigint[], bigint, numeric) is
   'Internal: the rollup delta of an ai_api_calls row (sign +1 to add, -1 to take back) and the reservation it releases.';
 
+-- Adds rows to usage_daily: one upsert for every writer of the rollup (settlement,
+-- its corrections, the expiry job, the pruning job's folding of shards), so that they
+-- cannot disagree on how a column adds up. The rows must have distinct keys (callers
+-- aggregate first: one INSERT cannot update a row twice) and are written in key order,
+-- the lock order. Returns how many rows were inserted or updated.
+create function tollgate.add_to_usage_daily(additions tollgate.usage_daily[])
+returns integer
+language sql
+set search_path = ''
+as $$
+  with written as (
+    insert into tollgate.usage_daily as t
+    select a.* from unnest(additions) as a
+    order by a.day, a.provider, a.model, a.feature, a.shard
+    on conflict (day, provider, model, feature, shard) do update
+      set calls = t.calls + excluded.calls,
+          input_tokens = t.input_tokens + excluded.input_tokens,
+          output_tokens = t.output_tokens + excluded.output_tokens,
+          cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
+          cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
+          reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
+          cost_usd = t.cost_usd + excluded.cost_usd,
+          saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
+          latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
+          cache_hits = t.cache_hits + excluded.cache_hits,
+          success_calls = t.success_calls + excluded.success_calls,
+          error_calls = t.error_calls + excluded.error_calls,
+          timeout_calls = t.timeout_calls + excluded.timeout_calls,
+          client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
+          expired_calls = t.expired_calls + excluded.expired_calls,
+          fallback_calls = t.fallback_calls + excluded.fallback_calls,
+          unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
+          updated_at = excluded.updated_at
+    returning 1
+  )
+  select count(*)::integer from written
+$$;
+comment on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) is
+  'Internal: adds distinct-keyed rows to tollgate.usage_daily (the one upsert of that rollup).';
+revoke all on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) from public, anon, authenticated;
+
 -- Applies deltas to the three rollups, in the global lock order: user rows, then
 -- usage_daily rows, then budget_settlements rows, each set in key order (INSERT …
 -- SELECT … ORDER BY locks rows in that order), so concurrent settlements and expiry
@@ -157,39 +198,15 @@ begin
         reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
         updated_at = excluded.updated_at;
 
-  insert into tollgate.usage_daily as t (
-    day, provider, model, feature, shard, calls, input_tokens, output_tokens, cached_input_tokens,
-    cache_write_tokens, reasoning_tokens, cost_usd, saved_cost_usd, latency_ms_sum, cache_hits,
-    success_calls, error_calls, timeout_calls, client_closed_calls, expired_calls, fallback_calls,
-    unpriced_calls, updated_at)
-  select d.day, d.provider, d.model, d.feature, pg_backend_pid() % 16, sum(d.calls), sum(d.input_tokens),
-    sum(d.output_tokens),
-    sum(d.cached_input_tokens), sum(d.cache_write_tokens), sum(d.reasoning_tokens), sum(d.cost_usd),
-    sum(d.saved_cost_usd), sum(d.latency_ms), sum(d.cache_hits), sum(d.success_calls), sum(d.error_calls),
-    sum(d.timeout_calls), sum(d.client_closed_calls), sum(d.expired_calls), sum(d.fallback_calls),
-    sum(d.unpriced_calls), now()
-  from unnest(deltas) as d
-  group by d.day, d.provider, d.model, d.feature
-  order by d.day, d.provider, d.model, d.feature
-  on conflict (day, provider, model, feature, shard) do update
-    set calls = t.calls + excluded.calls,
-        input_tokens = t.input_tokens + excluded.input_tokens,
-        output_tokens = t.output_tokens + excluded.output_tokens,
-        cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
-        cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
-        reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
-        cost_usd = t.cost_usd + excluded.cost_usd,
-        saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
-        latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
-        cache_hits = t.cache_hits + excluded.cache_hits,
-        success_calls = t.success_calls + excluded.success_calls,
-        error_calls = t.error_calls + excluded.error_calls,
-        timeout_calls = t.timeout_calls + excluded.timeout_calls,
-        client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
-        expired_calls = t.expired_calls + excluded.expired_calls,
-        fallback_calls = t.fallback_calls + excluded.fallback_calls,
-        unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
-        updated_at = excluded.updated_at;
+  perform tollgate.add_to_usage_daily(array(
+    select row(
+      d.day, d.provider, d.model, d.feature, pg_backend_pid() % 16, sum(d.calls), sum(d.input_tokens),
+      sum(d.output_tokens), sum(d.cached_input_tokens), sum(d.cache_write_tokens), sum(d.reasoning_tokens),
+      sum(d.cost_usd), sum(d.saved_cost_usd), sum(d.latency_ms), sum(d.cache_hits), sum(d.success_calls),
+      sum(d.error_calls), sum(d.timeout_calls), sum(d.client_closed_calls), sum(d.expired_calls),
+      sum(d.fallback_calls), sum(d.unpriced_calls), now())::tollgate.usage_daily
+    from unnest(deltas) as d
+    group by d.day, d.provider, d.model, d.feature));
 
   -- Budgets deleted since the reservation are skipped (their counters went with them).
   insert into tollgate.budget_settlements as t (
@@ -618,34 +635,12 @@ begin
           reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
           updated_at = excluded.updated_at;
 
-    insert into tollgate.usage_daily as t (
-      day, provider, model, feature, shard, calls, input_tokens, output_tokens, cached_input_tokens,
-      cache_write_tokens, reasoning_tokens, cost_usd, saved_cost_usd, latency_ms_sum, cache_hits,
-      success_calls, error_calls, timeout_calls, client_closed_calls, expired_calls, fallback_calls,
-      unpriced_calls, updated_at)
-    values (v_day, v_call.provider, v_call.model, v_usage.feature, v_shard, 1, v_input, v_output, v_cached_input,
+    perform tollgate.add_to_usage_daily(array[row(
+      v_day, v_call.provider, v_call.model, v_usage.feature, v_shard, 1, v_input, v_output, v_cached_input,
       v_cache_write, v_reasoning, v_cost, v_saved, v_latency, v_cached::integer,
       (v_call.status = 'success')::integer, (v_call.status = 'error')::integer, (v_call.status = 'timeout')::integer,
       (v_call.status = 'client_closed')::integer, 0, (v_call.fallback_from is not null)::integer,
-      (not v_priced)::integer, v_now)
-    on conflict (day, provider, model, feature, shard) do update
-      set calls = t.calls + 1,
-          input_tokens = t.input_tokens + excluded.input_tokens,
-          output_tokens = t.output_tokens + excluded.output_tokens,
-          cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
-          cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
-          reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
-          cost_usd = t.cost_usd + excluded.cost_usd,
-          saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
-          latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
-          cache_hits = t.cache_hits + excluded.cache_hits,
-          success_calls = t.success_calls + excluded.success_calls,
-          error_calls = t.error_calls + excluded.error_calls,
-          timeout_calls = t.timeout_calls + excluded.timeout_calls,
-          client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
-          fallback_calls = t.fallback_calls + excluded.fallback_calls,
-          unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
-          updated_at = excluded.updated_at;
+      (not v_priced)::integer, v_now)::tollgate.usage_daily]);
 
     -- Budgets last, in id order (budget_ids is sorted): release the estimate and add
     -- the actual cost, in this session's shard (budgets deleted meanwhile: skipped).

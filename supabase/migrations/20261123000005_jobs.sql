@@ -152,39 +152,16 @@ begin
     where u.day < (v_now at time zone 'UTC')::date and u.shard > 0
     returning u.*
   )
-  insert into tollgate.usage_daily as t (
-    day, provider, model, feature, shard, calls, input_tokens, output_tokens, cached_input_tokens,
-    cache_write_tokens, reasoning_tokens, cost_usd, saved_cost_usd, latency_ms_sum, cache_hits,
-    success_calls, error_calls, timeout_calls, client_closed_calls, expired_calls, fallback_calls,
-    unpriced_calls, updated_at)
-  select f.day, f.provider, f.model, f.feature, 0, sum(f.calls), sum(f.input_tokens), sum(f.output_tokens),
-    sum(f.cached_input_tokens), sum(f.cache_write_tokens), sum(f.reasoning_tokens), sum(f.cost_usd),
-    sum(f.saved_cost_usd), sum(f.latency_ms_sum), sum(f.cache_hits), sum(f.success_calls), sum(f.error_calls),
-    sum(f.timeout_calls), sum(f.client_closed_calls), sum(f.expired_calls), sum(f.fallback_calls),
-    sum(f.unpriced_calls), v_now
-  from folded as f
-  group by f.day, f.provider, f.model, f.feature
-  order by f.day, f.provider, f.model, f.feature
-  on conflict (day, provider, model, feature, shard) do update
-    set calls = t.calls + excluded.calls,
-        input_tokens = t.input_tokens + excluded.input_tokens,
-        output_tokens = t.output_tokens + excluded.output_tokens,
-        cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
-        cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
-        reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
-        cost_usd = t.cost_usd + excluded.cost_usd,
-        saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
-        latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
-        cache_hits = t.cache_hits + excluded.cache_hits,
-        success_calls = t.success_calls + excluded.success_calls,
-        error_calls = t.error_calls + excluded.error_calls,
-        timeout_calls = t.timeout_calls + excluded.timeout_calls,
-        client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
-        expired_calls = t.expired_calls + excluded.expired_calls,
-        fallback_calls = t.fallback_calls + excluded.fallback_calls,
-        unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
-        updated_at = excluded.updated_at;
-  get diagnostics v_folded = row_count;
+  select tollgate.add_to_usage_daily(array(
+    select row(
+      f.day, f.provider, f.model, f.feature, 0, sum(f.calls), sum(f.input_tokens), sum(f.output_tokens),
+      sum(f.cached_input_tokens), sum(f.cache_write_tokens), sum(f.reasoning_tokens), sum(f.cost_usd),
+      sum(f.saved_cost_usd), sum(f.latency_ms_sum), sum(f.cache_hits), sum(f.success_calls), sum(f.error_calls),
+      sum(f.timeout_calls), sum(f.client_closed_calls), sum(f.expired_calls), sum(f.fallback_calls),
+      sum(f.unpriced_calls), v_now)::tollgate.usage_daily
+    from folded as f
+    group by f.day, f.provider, f.model, f.feature))
+  into v_folded;
 
   delete from tollgate.response_cache as c where coalesce(c.stale_until, c.expires_at) < v_now;
   get diagnostics v_cache = row_count;

@@ -1175,6 +1175,10 @@ export type Database = {
       [_ in never]: never;
     };
     Functions: {
+      "add_to_usage_daily": {
+        Args: { "additions": (Database["tollgate"]["Tables"]["usage_daily"]["Row"])[] };
+        Returns: number;
+      };
       "admit": { Args: { "request": Json }; Returns: Json };
       "alert_payload": {
         Args: {
