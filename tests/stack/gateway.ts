@@ -1,5 +1,5 @@
 /** Starts the function server (serve.ts) as its own process, as an edge worker would be. */
-import { freePort } from "./util.ts";
+import { assertPortFree, freePort } from "./util.ts";
 
 export interface GatewayProcess {
   url: string;
@@ -10,7 +10,8 @@ export interface GatewayProcess {
 const serveScript = new URL("./serve.ts", import.meta.url).pathname;
 
 export async function startGateway(env: Record<string, string>, port?: number): Promise<GatewayProcess> {
-  port ??= freePort();
+  if (port === undefined) port = freePort();
+  else assertPortFree(port);
   const url = `http://127.0.0.1:${port}`;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--no-prompt", serveScript],

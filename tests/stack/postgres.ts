@@ -3,7 +3,7 @@
  * bootstrap (roles, `auth`, `extensions`): the database half of the local stack.
  */
 import { fileURLToPath } from "node:url";
-import { fail, freePort, progress, run } from "./util.ts";
+import { assertPortFree, freePort, progress, run } from "./util.ts";
 
 const pgBin = "/usr/lib/postgresql/15/bin";
 const bootstrapSql = fileURLToPath(new URL("./bootstrap.sql", import.meta.url));
@@ -94,12 +94,4 @@ function serverSettings(): string {
     "timezone = 'UTC'",
     "",
   ].join("\n");
-}
-
-function assertPortFree(port: number): void {
-  try {
-    Deno.listen({ hostname: "127.0.0.1", port }).close();
-  } catch {
-    fail(`port ${port} is in use. Stop what listens there, or choose another port (see README).`);
-  }
 }

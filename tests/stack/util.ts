@@ -42,3 +42,12 @@ export function freePort(): number {
   listener.close();
   return port;
 }
+
+/** Stops with a clear message, not a stack trace, when something already listens on `port`. */
+export function assertPortFree(port: number): void {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+  } catch {
+    fail(`port ${port} is in use. Stop what listens there, or choose another port (see README).`);
+  }
+}
