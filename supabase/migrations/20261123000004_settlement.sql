@@ -167,6 +167,31 @@ comment on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) is
   'Internal: adds distinct-keyed rows to tollgate.usage_daily (the one upsert of that rollup).';
 revoke all on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) from public, anon, authenticated;
 
+-- Adds rows to public.user_usage_daily, as add_to_usage_daily does for usage_daily:
+-- distinct keys, written in key order (the lock order).
+create function tollgate.add_to_user_usage_daily(additions public.user_usage_daily[])
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into public.user_usage_daily as t
+  select a.* from unnest(additions) as a
+  order by a.user_id, a.day
+  on conflict (user_id, day) do update
+    set calls = t.calls + excluded.calls,
+        input_tokens = t.input_tokens + excluded.input_tokens,
+        output_tokens = t.output_tokens + excluded.output_tokens,
+        cost_usd = t.cost_usd + excluded.cost_usd,
+        cache_hits = t.cache_hits + excluded.cache_hits,
+        errors = t.errors + excluded.errors,
+        reserved_tokens = t.reserved_tokens + excluded.reserved_tokens,
+        reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
+        updated_at = excluded.updated_at
+$$;
+comment on function tollgate.add_to_user_usage_daily(public.user_usage_daily[]) is
+  'Internal: adds distinct-keyed rows to public.user_usage_daily (the one upsert of settlement''s user rollup).';
+revoke all on function tollgate.add_to_user_usage_daily(public.user_usage_daily[]) from public, anon, authenticated;
+
 -- Applies deltas to the three rollups, in the global lock order: user rows, then
 -- usage_daily rows, then budget_settlements rows, each set in key order (INSERT …
 -- SELECT … ORDER BY locks rows in that order), so concurrent settlements and expiry
@@ -178,25 +203,14 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  insert into public.user_usage_daily as t (
-    user_id, day, calls, input_tokens, output_tokens, cost_usd, cache_hits, errors,
-    reserved_tokens, reserved_cost_usd, updated_at)
-  select d.user_id, d.day, sum(d.calls), sum(d.input_tokens), sum(d.output_tokens), sum(d.cost_usd),
-    sum(d.cache_hits), sum(d.error_calls + d.timeout_calls), -sum(d.released_tokens), -sum(d.released_cost_usd), now()
-  from unnest(deltas) as d
-  where d.user_id is not null
-  group by d.user_id, d.day
-  order by d.user_id, d.day
-  on conflict (user_id, day) do update
-    set calls = t.calls + excluded.calls,
-        input_tokens = t.input_tokens + excluded.input_tokens,
-        output_tokens = t.output_tokens + excluded.output_tokens,
-        cost_usd = t.cost_usd + excluded.cost_usd,
-        cache_hits = t.cache_hits + excluded.cache_hits,
-        errors = t.errors + excluded.errors,
-        reserved_tokens = t.reserved_tokens + excluded.reserved_tokens,
-        reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
-        updated_at = excluded.updated_at;
+  perform tollgate.add_to_user_usage_daily(array(
+    select row(
+      d.user_id, d.day, sum(d.calls), sum(d.input_tokens), sum(d.output_tokens), sum(d.cost_usd), sum(d.cache_hits),
+      sum(d.error_calls + d.timeout_calls), -sum(d.released_tokens), -sum(d.released_cost_usd), now()
+    )::public.user_usage_daily
+    from unnest(deltas) as d
+    where d.user_id is not null
+    group by d.user_id, d.day));
 
   perform tollgate.add_to_usage_daily(array(
     select row(
@@ -618,22 +632,11 @@ begin
     v_month := date_trunc('month', v_day::timestamp)::date;
     v_shard := pg_backend_pid() % 16;
 
-    insert into public.user_usage_daily as t (
-      user_id, day, calls, input_tokens, output_tokens, cost_usd, cache_hits, errors,
-      reserved_tokens, reserved_cost_usd, updated_at)
-    values (v_call.user_id, v_day, 1, v_input, v_output, v_cost, v_cached::integer,
+    perform tollgate.add_to_user_usage_daily(array[row(
+      v_call.user_id, v_day, 1, v_input, v_output, v_cost, v_cached::integer,
       (v_call.status in ('error', 'timeout'))::integer,
-      -(v_usage.estimated_input_tokens + v_usage.max_output_tokens), -v_usage.reserved_cost, v_now)
-    on conflict (user_id, day) do update
-      set calls = t.calls + 1,
-          input_tokens = t.input_tokens + excluded.input_tokens,
-          output_tokens = t.output_tokens + excluded.output_tokens,
-          cost_usd = t.cost_usd + excluded.cost_usd,
-          cache_hits = t.cache_hits + excluded.cache_hits,
-          errors = t.errors + excluded.errors,
-          reserved_tokens = t.reserved_tokens + excluded.reserved_tokens,
-          reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
-          updated_at = excluded.updated_at;
+      -(v_usage.estimated_input_tokens + v_usage.max_output_tokens), -v_usage.reserved_cost, v_now
+    )::public.user_usage_daily]);
 
     perform tollgate.add_to_usage_daily(array[row(
       v_day, v_call.provider, v_call.model, v_usage.feature, v_shard, 1, v_input, v_output, v_cached_input,

@@ -1179,6 +1179,10 @@ export type Database = {
         Args: { "additions": (Database["tollgate"]["Tables"]["usage_daily"]["Row"])[] };
         Returns: number;
       };
+      "add_to_user_usage_daily": {
+        Args: { "additions": (Database["public"]["Tables"]["user_usage_daily"]["Row"])[] };
+        Returns: undefined;
+      };
       "admit": { Args: { "request": Json }; Returns: Json };
       "alert_payload": {
         Args: {
