@@ -4,8 +4,7 @@
  * what reached the provider and set the function's environment), and a way to wait for a
  * call's settlement.
  */
-import postgres from "postgres";
-import { createUser as createDbUser, dbTest, stack, type UserOptions } from "./fixtures.ts";
+import { connectAdmin, createUser as createDbUser, dbTest, stack, type UserOptions } from "./fixtures.ts";
 import { signAccessToken } from "./keys.ts";
 import { type GatewayProcess, startGateway } from "./gateway.ts";
 import { DEFAULT_API_KEY, type ProviderServer, startProvider } from "./provider.ts";
@@ -13,7 +12,7 @@ import { DEFAULT_API_KEY, type ProviderServer, startProvider } from "./provider.
 export { stack };
 
 /** Superuser connection (creates auth.users rows, reads every table). */
-export const admin = postgres(stack.adminDbUrl, { max: 4, onnotice: () => {} });
+export const admin = connectAdmin(4);
 
 /** Integration tests hold pools and servers across tests: Deno's per-test sanitizers do not apply. */
 export const integration = dbTest;

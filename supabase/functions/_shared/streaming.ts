@@ -55,7 +55,8 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
     timeout = new GatewayError({ status: 504, code: "provider_timeout", message });
     abort.abort(timeout);
   };
-  let idleTimer = setTimeout(expire("The provider stopped sending mid-stream."), options.idleTimeoutMs);
+  const wentSilent = expire("The provider stopped sending mid-stream.");
+  let idleTimer = setTimeout(wentSilent, options.idleTimeoutMs);
   const durationTimer = setTimeout(
     expire("The stream reached the gateway's maximum duration and was ended."),
     options.maxDurationMs,
@@ -64,7 +65,7 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
   async function* observed(): AsyncGenerator<SseEvent> {
     for await (const event of decodeSse(options.upstream)) {
       clearTimeout(idleTimer);
-      idleTimer = setTimeout(expire("The provider stopped sending mid-stream."), options.idleTimeoutMs);
+      idleTimer = setTimeout(wentSilent, options.idleTimeoutMs);
       tracker.observe(event);
       yield event;
     }
