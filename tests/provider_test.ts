@@ -124,7 +124,7 @@ Deno.test("parseDirectives reads every key and ignores the rest", () => {
       "retry_after_ms=150 times=1 key=k1 latency_ms=5 chunk_delay_ms=6 " +
       "drop_after=2 hang=1 cached=10 cache_write=11 reasoning=12 " +
       "ratelimit_remaining_requests=0 ratelimit_remaining_tokens=9 " +
-      "colour=blue]] there",
+      "ratelimit_reset_ms=250 colour=blue]] there",
   );
   assert.deepEqual(d, {
     reply: "one two three",
@@ -143,6 +143,7 @@ Deno.test("parseDirectives reads every key and ignores the rest", () => {
     reasoning: 12,
     ratelimitRemainingRequests: 0,
     ratelimitRemainingTokens: 9,
+    ratelimitResetMs: 250,
   });
   assert.deepEqual(parseDirectives("no directives here"), {});
   assert.deepEqual(parseDirectives("[[mock]]"), {});
@@ -708,6 +709,36 @@ Deno.test("rate-limit headers count down per minute and can be overridden", asyn
     await fresh.body!.cancel();
     assert.equal(fresh.headers.get("x-ratelimit-remaining-requests"), "99");
   }, { rateLimit: { requests: 100, tokens: 5000 } });
+});
+
+Deno.test("rate-limit overrides reach every format and error answers; ratelimit_reset_ms sets the reset", async () => {
+  await withProvider(async (p) => {
+    const directive =
+      "[[mock status=429 ratelimit_remaining_requests=0 ratelimit_remaining_tokens=7 ratelimit_reset_ms=1500]]";
+    const o = await postOpenai(p, chat(directive));
+    await o.body!.cancel();
+    assert.equal(o.status, 429);
+    assert.equal(o.headers.get("x-ratelimit-remaining-requests"), "0");
+    assert.equal(o.headers.get("x-ratelimit-remaining-tokens"), "7");
+    assert.equal(o.headers.get("x-ratelimit-reset-requests"), "1.5s");
+    assert.equal(o.headers.get("x-ratelimit-reset-tokens"), "1.5s");
+    const short = await postOpenai(p, chat("[[mock ratelimit_reset_ms=20]]"));
+    await short.body!.cancel();
+    assert.equal(short.headers.get("x-ratelimit-reset-requests"), "20ms");
+
+    const before = Date.now();
+    const a = await postAnthropic(p, messages(directive));
+    await a.body!.cancel();
+    assert.equal(a.status, 429);
+    assert.equal(a.headers.get("anthropic-ratelimit-requests-remaining"), "0");
+    for (const name of ["requests", "tokens", "input-tokens", "output-tokens"]) {
+      if (name !== "requests") assert.equal(a.headers.get(`anthropic-ratelimit-${name}-remaining`), "7", name);
+      // Exact to the millisecond, so a short reset is not stretched to a whole second.
+      const reset = a.headers.get(`anthropic-ratelimit-${name}-reset`)!;
+      assert.match(reset, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, name);
+      assert.ok(Date.parse(reset) >= before + 1500 && Date.parse(reset) <= Date.now() + 1500, reset);
+    }
+  });
 });
 
 // ---------------------------------------------------------------------------

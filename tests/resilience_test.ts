@@ -399,8 +399,9 @@ resilience("resilience: soak — every admitted call has exactly one row, limits
     `settlements drained: ${drained} (${((performance.now() - started) / 1000).toFixed(1)} s after the start)`,
   );
 
-  const rows = await admin<{ request_id: string; user_id: string; status: string }[]>`
-    select request_id::text, user_id::text, status from public.ai_api_calls where user_id = any(${userIds}::uuid[])`;
+  const rows = await admin<{ request_id: string; user_id: string; status: string; error_code: string | null }[]>`
+    select request_id::text, user_id::text, status, error_code
+    from public.ai_api_calls where user_id = any(${userIds}::uuid[])`;
 
   await step(t, "every admitted request has exactly one ai_api_calls row; refused ones have none", () => {
     const byId = new Map<string, number>();

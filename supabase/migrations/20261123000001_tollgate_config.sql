@@ -151,7 +151,7 @@ comment on column tollgate.user_plans.updated_at is 'When the row was last chang
 create table tollgate.features (
   name text primary key check (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'),
   description text not null default '',
-  priority text not null default 'normal' check (priority in ('critical', 'normal', 'background')),
+  priority text not null default 'normal' check (priority in ('critical', 'normal', 'batch', 'background')),
   allowed_models text[],
   max_tokens integer not null default 1024 check (max_tokens between 1 and 1000000),
   restricted_max_tokens integer not null default 256 check (restricted_max_tokens between 1 and 1000000),
@@ -168,7 +168,7 @@ comment on table tollgate.features is
 comment on column tollgate.features.name is 'Feature id as clients send it.';
 comment on column tollgate.features.description is 'What the feature is, for people.';
 comment on column tollgate.features.priority is
-  'critical: runs while throttled or anomaly-paused (and past a hard cap when the budget exempts critical work); normal: restricted mode while throttled, refused while anomaly-paused; background: refused while throttled or anomaly-paused.';
+  'critical (interactive): runs while throttled or anomaly-paused (and past a hard cap when the budget exempts critical work), first in the upstream queue, never shed; normal: restricted mode while throttled, refused while anomaly-paused, downgraded when the upstream queue is deep; batch: like normal, but refused (shed) when the upstream queue is deep; background: refused while throttled or anomaly-paused, shed first. See tollgate.priority_classes.';
 comment on column tollgate.features.allowed_models is 'Models a client may request for this feature. Null: any model.';
 comment on column tollgate.features.max_tokens is 'Default and upper bound of a request''s max output tokens.';
 comment on column tollgate.features.restricted_max_tokens is 'max output tokens in restricted mode (throttle, or a user past a token quota).';
@@ -347,6 +347,7 @@ create table tollgate.provider_health (
   model text not null,
   state text not null default 'closed' check (state in ('closed', 'open', 'half_open')),
   consecutive_failures integer not null default 0 check (consecutive_failures >= 0),
+  consecutive_429s integer not null default 0 check (consecutive_429s >= 0),
   failure_threshold integer not null default 3 check (failure_threshold between 1 and 100),
   cooldown_seconds integer not null default 60 check (cooldown_seconds between 1 and 86400),
   opened_at timestamptz,
@@ -364,6 +365,7 @@ comment on column tollgate.provider_health.provider is 'Provider id.';
 comment on column tollgate.provider_health.model is 'Model name as sent to the provider.';
 comment on column tollgate.provider_health.state is 'closed: in use; open: skipped until the cooldown ends; half_open: one probe request is in flight.';
 comment on column tollgate.provider_health.consecutive_failures is 'Failed attempts since the last success.';
+comment on column tollgate.provider_health.consecutive_429s is 'Consecutive 429 answers (rate limited): at upstream_settings.rate_limit_streak an alert is raised (seed 003).';
 comment on column tollgate.provider_health.failure_threshold is 'Consecutive failures that open the breaker.';
 comment on column tollgate.provider_health.cooldown_seconds is 'Seconds an open breaker waits before a probe (also how long a probe may take before another is granted).';
 comment on column tollgate.provider_health.opened_at is 'When the breaker last opened.';

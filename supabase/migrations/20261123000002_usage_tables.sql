@@ -37,6 +37,8 @@ create table public.api_usage (
   reserved_cost numeric(10, 6) not null default 0 check (reserved_cost >= 0),
   budget_ids bigint[] not null default '{}',
   cached boolean not null default false,
+  provider_key text,
+  holds_upstream_slot boolean not null default false,
   settled_at timestamptz
 ) with (fillfactor = 60);
 comment on table public.api_usage is
@@ -55,12 +57,17 @@ comment on column public.api_usage.max_output_tokens is 'Output tokens reserved 
 comment on column public.api_usage.reserved_cost is 'Estimated cost reserved against the user and the budgets (released at settlement).';
 comment on column public.api_usage.budget_ids is 'Budgets the estimate was reserved against (tollgate.budgets ids).';
 comment on column public.api_usage.cached is 'Served from the response cache: counts in the windows, reserves nothing.';
+comment on column public.api_usage.provider_key is 'Label of the provider key admission chose (tollgate.provider_keys), when the provider has registered keys.';
+comment on column public.api_usage.holds_upstream_slot is 'The call holds one of its key''s max_in_flight slots while reserved.';
 comment on column public.api_usage.settled_at is 'When settle() or the expiry job completed the reservation.';
 
 -- The sliding windows: count a user's rows in (now - window, now]. Also serves RLS.
 create index api_usage_user_created_idx on public.api_usage (user_id, created_at);
 -- The expiry job's scan: only the few rows still in flight.
 create index api_usage_reserved_idx on public.api_usage (created_at) where status = 'reserved';
+-- Calls holding a key's in-flight slot (tollgate.key_in_flight): only keys with a ceiling.
+create index api_usage_upstream_slots_idx on public.api_usage (provider, provider_key)
+  where status = 'reserved' and holds_upstream_slot;
 -- Pruning by age: rows arrive in time order, so a BRIN index is tiny and cheap to keep.
 create index api_usage_created_brin on public.api_usage using brin (created_at);
 
@@ -93,6 +100,7 @@ create table public.ai_api_calls (
   saved_cost numeric(10, 6) not null default 0,
   endpoint text,
   streamed boolean not null default false,
+  provider_key text,
   settled_at timestamptz not null default now(),
   constraint ai_api_calls_request_id_key unique (request_id),
   constraint ai_api_calls_status_check
@@ -128,6 +136,7 @@ comment on column public.ai_api_calls.priced is 'False when no price was known f
 comment on column public.ai_api_calls.saved_cost is 'For a cache hit: what the call would have cost.';
 comment on column public.ai_api_calls.endpoint is 'Gateway endpoint called (`chat.completions`, `messages`).';
 comment on column public.ai_api_calls.streamed is 'The response was streamed.';
+comment on column public.ai_api_calls.provider_key is 'Label of the provider key the answering attempt used (tollgate.provider_keys; never the key).';
 comment on column public.ai_api_calls.settled_at is 'When the row was written or last corrected.';
 
 -- The seed's two indexes, by their seed names.
@@ -249,7 +258,7 @@ create table tollgate.rejections (
 );
 create index rejections_created_brin on tollgate.rejections using brin (created_at);
 comment on table tollgate.rejections is
-  'Insert-only log of requests admit() refused (dry runs excepted): which layer said no and why. Read through public.rejections_by_layer; pruned after 30 days.';
+  'Insert-only log of requests admit() refused or shed (dry runs excepted; a request waiting in the provider queue is not logged until it is refused): which layer said no and why. Read through public.rejections_by_layer; pruned after 30 days.';
 comment on column tollgate.rejections.id is 'Row id.';
 comment on column tollgate.rejections.created_at is 'When the request was refused.';
 comment on column tollgate.rejections.request_id is 'The request id, when it was a valid UUID.';
@@ -257,8 +266,8 @@ comment on column tollgate.rejections.user_id is 'The user, when the request nam
 comment on column tollgate.rejections.tier is 'The user''s tier, when known.';
 comment on column tollgate.rejections.feature is 'The feature requested.';
 comment on column tollgate.rejections.model is 'The model requested.';
-comment on column tollgate.rejections.layer is 'Layer that refused: request, feature, anomaly, budget, throttle, user_window, user_cost_cap.';
-comment on column tollgate.rejections.code is 'Stable code: invalid_request, unknown_feature, model_not_allowed, feature_paused, budget_exceeded, throttled, rate_limited, cost_cap_exceeded.';
+comment on column tollgate.rejections.layer is 'Layer that refused: request, feature, anomaly, budget, throttle, user_window, user_cost_cap, upstream.';
+comment on column tollgate.rejections.code is 'Stable code: invalid_request, unknown_feature, model_not_allowed, feature_paused, budget_exceeded, throttled, rate_limited, cost_cap_exceeded, load_shed, queue_timeout; downgraded (admitted on the cheaper model by load shedding).';
 
 -- ----------------------------------------------------------------------------
 -- Row level security and privileges

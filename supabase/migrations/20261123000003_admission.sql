@@ -42,10 +42,16 @@
 --   anomaly      anomaly breaker on, feature not critical  feature_paused
 --   budget       a hard-capped budget would pass its limit budget_exceeded
 --   throttle     throttle on and feature is background     throttled
---                (normal features: restricted mode; critical: as usual)
+--                (normal, batch: restricted mode; critical: as usual)
 --   user_window  a sliding window of the tier is full      rate_limited
 --   user_quota   daily/monthly token quota reached         (restricted mode, allowed)
 --   user_cost_cap monthly cost cap would be passed         cost_cap_exceeded
+--   upstream     the provider has no capacity now          queued (wait and ask again),
+--                (only for a guarded provider: see          load_shed (background/batch
+--                the upstream migration)                   past the queue depth),
+--                                                          queue_timeout (waited too long)
+--                a normal request while its provider's queue is past its shed depth
+--                is downgraded like restricted mode (reason load_shedding)
 --   then the reservation: the api_usage row, the user's reserved counters, and
 --   the budgets' reserved amounts (the budget check is repeated there, atomically).
 -- A fresh cache hit skips budget, throttle, quota and cost cap (it costs nothing)
@@ -64,13 +70,17 @@
 --           monthly_cost at >= 80%; unpriced),
 --   feature {name, priority, max_tokens, cache_ttl_seconds}  (max_tokens: effective),
 --   model text (the effective model), restricted {model, max_tokens, reason}|null
---           (reason: throttle | daily_token_quota | monthly_token_quota),
---   route [{provider, model, state: closed|open|half_open, probe boolean}]  (try in
---           order; skip `open`; a `probe: true` step is this request's half-open probe),
+--           (reason: throttle | daily_token_quota | monthly_token_quota | load_shedding),
+--   route [{provider, model, state: closed|open|half_open, probe boolean, key}]  (try
+--           in order; skip `open`; a `probe: true` step is this request's half-open
+--           probe; key: the label of the provider key to use, null: the first),
 --   prices [{provider, model, input_per_mtok, output_per_mtok, cached_input_per_mtok,
 --           cache_write_per_mtok}]  (overrides for the route's models),
 --   cached {response, cost_usd, cache_key, created_at, expires_at}|null,
---   reserved {estimated_tokens, estimated_cost_usd}|null.
+--   reserved {estimated_tokens, estimated_cost_usd}|null,
+--   queue {provider, position, depth, poll_after_ms, wait_until}|null  (code queued:
+--           call again with the same request_id after poll_after_ms),
+--   shed text|null  (downgraded | background | batch: load shedding acted).
 --
 -- CONCURRENCY. Two kinds of state are checked-then-written:
 --   * per user (windows, quotas, cost cap): serialized by a transaction-scoped
@@ -88,9 +98,11 @@
 --     serialize. Settlements never touch that row (they add to per-session shards
 --     of budget_settlements), and a multi-row alternative (slicing the budget) would
 --     need rebalancing under locks to stay exact.
+--   * per provider, only when it is guarded (a ceiling, low headroom): its key
+--     rows, locked by tollgate.upstream_admission() until the commit.
 --   Lock order everywhere (admit, settle, expiry): the api_usage row, then
---   provider_health rows, user_usage_daily rows, usage_daily rows, budget rows (by
---   budget id) — so no two of them can deadlock.
+--   provider_health rows, provider_keys rows, user_usage_daily rows, usage_daily
+--   rows, budget rows (by budget id) — so no two of them can deadlock.
 -- ============================================================================
 
 -- The parsed input of admit() (numbers as numeric: validated before conversion).
@@ -174,6 +186,16 @@ declare
   v_route_models text[];
   v_route_states text[];
   v_route_probe_due boolean[];
+  v_route_keys text[];
+  v_route_exhausted boolean[];
+  v_route_guarded boolean[];
+  v_primary integer;
+  v_upstream jsonb;
+  v_holds_slot boolean := false;
+  v_queue jsonb;
+  v_shed text;
+  v_shed_depth integer;
+  v_queue_depth bigint;
   v_prices_json jsonb;
   v_price_in numeric;
   v_price_out numeric;
@@ -278,16 +300,27 @@ begin
       coalesce(p.monthly_token_quota, t.monthly_token_quota),
       coalesce(p.monthly_cost_cap_usd, t.monthly_cost_cap_usd), t.max_output_tokens,
       f.name, f.priority, f.allowed_models, f.max_tokens, f.restricted_max_tokens, f.cache_ttl_seconds,
-      f.paused, f.paused_reason, s.throttled, s.throttle_reason, s.anomaly_paused, s.anomaly_reason
+      f.paused, f.paused_reason, s.throttled, s.throttle_reason, s.anomaly_paused, s.anomaly_reason,
+      pc.shed_queue_depth,
+      -- A normal request is downgraded when its provider's queue is this deep (load
+      -- shedding, decided here because it changes the model and so the route).
+      case when f.priority = 'normal' and pc.shed_queue_depth is not null then (
+        select count(*) from tollgate.upstream_queue as q
+        where q.provider = coalesce(
+            (select rt.provider from tollgate.route_targets as rt where rt.route_model = v_req.model and rt.position = 1),
+            case when v_req.model like 'claude%' then 'anthropic' else 'openai' end)
+          and q.last_seen_at > clock_timestamp() - make_interval(secs => (
+            select us.queue_ticket_ttl_seconds from tollgate.upstream_settings as us))) end
     into v_tier_name, v_daily_limit, v_monthly_limit, v_cost_cap, v_tier_max_output,
       v_feature_name, v_feature_priority, v_feature_models, v_feature_max_tokens, v_feature_restricted_max,
       v_feature_cache_ttl, v_feature_paused, v_feature_paused_reason, v_throttled, v_throttle_reason,
-      v_anomaly_paused, v_anomaly_reason
+      v_anomaly_paused, v_anomaly_reason, v_shed_depth, v_queue_depth
     from auth.users as u
     left join tollgate.user_plans as p on p.user_id = u.id
     left join tollgate.tiers as t on t.name = coalesce(p.tier,
       case when coalesce(v_req.is_anonymous, false) or coalesce(u.is_anonymous, false) then 'anonymous' else 'free' end)
     left join tollgate.features as f on f.name = v_req.feature
+    left join tollgate.priority_classes as pc on pc.priority = f.priority
     left join tollgate.gateway_state as s on s.id
     where u.id = v_req.user_id;
     if not found then
@@ -437,18 +470,25 @@ begin
         v_cached := found;
       end if;
       if not v_cached then
-        if coalesce(v_throttled, false) and v_feature_priority = 'normal' then
+        if coalesce(v_throttled, false) and v_feature_priority in ('normal', 'batch') then
           v_restricted_reason := 'throttle';
         elsif v_daily_limit is not null and v_used_today + v_reserved_today >= v_daily_limit then
           v_restricted_reason := 'daily_token_quota';
         elsif v_monthly_limit is not null and v_used_month + v_reserved_month >= v_monthly_limit then
           v_restricted_reason := 'monthly_token_quota';
+        elsif v_queue_depth >= v_shed_depth then
+          v_restricted_reason := 'load_shedding';
+          v_shed := 'downgraded';
         end if;
         if v_restricted_reason is not null then
           v_effective_model := coalesce(
             (select r.cheaper_model from tollgate.routes as r where r.model = v_req.model), v_req.model);
-          v_max_tokens := least(v_max_tokens, v_feature_restricted_max);
-          v_layer := case when v_restricted_reason = 'throttle' then 'throttle' else 'user_quota' end;
+          -- Shedding trades the model for capacity; the answer keeps its length.
+          if v_restricted_reason <> 'load_shedding' then
+            v_max_tokens := least(v_max_tokens, v_feature_restricted_max);
+          end if;
+          v_layer := case v_restricted_reason when 'throttle' then 'throttle' when 'load_shedding' then 'upstream'
+            else 'user_quota' end;
         end if;
       end if;
     end if;
@@ -472,9 +512,29 @@ begin
         coalesce(
           (h.state = 'open' and h.opened_at + make_interval(secs => h.cooldown_seconds) <= v_now)
           or (h.state = 'half_open' and h.probe_started_at + make_interval(secs => h.cooldown_seconds) <= v_now),
-          false) as probe_due
+          false) as probe_due,
+        k.key, coalesce(k.exhausted, false) as exhausted,
+        coalesce(k.guarded, false)
+          or exists (select from tollgate.upstream_queue as q where q.provider = r.provider) as guarded
       from route as r
       left join tollgate.provider_health as h on h.provider = r.provider and h.model = r.model
+      -- The provider's keys (see the upstream migration): the first usable one; none
+      -- usable (dead, expired, over budget); or a key under a ceiling or low on
+      -- headroom, which sends admission to its queue step.
+      left join lateral (
+        select
+          (array_agg(pk.label order by pk.position) filter (where pk.usable))[1] as key,
+          not bool_or(pk.usable) as exhausted,
+          bool_or(pk.usable and (pk.max_in_flight is not null or pk.requests_per_minute is not null
+            or pk.tokens_per_minute is not null
+            or (pk.observed_at is not null and (pk.requests_reset_at > v_now or pk.tokens_reset_at > v_now))))
+            as guarded
+        from (
+          select k2.*, tollgate.key_usable(k2, v_now) as usable
+          from tollgate.provider_keys as k2
+          where k2.provider = r.provider
+        ) as pk
+      ) as k on true
     ),
     prices as (
       select mp.*, s.position
@@ -497,13 +557,16 @@ begin
       left join tollgate.budget_periods as p on p.budget_id = b.id and p.period_start = v_month
       where b.scope = 'global' or b.feature = v_feature_name
     )
-    select r.providers, r.models, r.states, r.probe_due, p.prices, p.input_per_mtok, p.output_per_mtok,
-      b.ids, b.limits, b.capped, b.reserved_totals, b.settled_nets
-    into v_route_providers, v_route_models, v_route_states, v_route_probe_due, v_prices_json, v_price_in,
-      v_price_out, v_budget_ids, v_budget_limits, v_budget_capped, v_budget_reserved, v_budget_settled
+    select r.providers, r.models, r.states, r.probe_due, r.keys, r.exhausted, r.guarded, p.prices,
+      p.input_per_mtok, p.output_per_mtok, b.ids, b.limits, b.capped, b.reserved_totals, b.settled_nets
+    into v_route_providers, v_route_models, v_route_states, v_route_probe_due, v_route_keys, v_route_exhausted,
+      v_route_guarded, v_prices_json, v_price_in, v_price_out, v_budget_ids, v_budget_limits,
+      v_budget_capped, v_budget_reserved, v_budget_settled
     from (
       select array_agg(s.provider order by s.position) as providers, array_agg(s.model order by s.position) as models,
-        array_agg(s.state order by s.position) as states, array_agg(s.probe_due order by s.position) as probe_due
+        array_agg(s.state order by s.position) as states, array_agg(s.probe_due order by s.position) as probe_due,
+        array_agg(s.key order by s.position) as keys, array_agg(s.exhausted order by s.position) as exhausted,
+        array_agg(s.guarded order by s.position) as guarded
       from steps as s
     ) as r
     cross join (
@@ -527,6 +590,23 @@ begin
         array_agg(bu.settled_net_usd order by bu.id) as settled_nets
       from budgets as bu
     ) as b;
+
+    -- The primary step, the first the function will try: past open breakers (three
+    -- 429s in a row open one too) and providers whose keys are all dead, expired or
+    -- over budget — shown `open`, so that the function skips them as well.
+    select min(i) into v_primary
+    from generate_subscripts(v_route_providers, 1) as i
+    where (v_route_states[i] <> 'open' or v_route_probe_due[i]) and not v_route_exhausted[i];
+    if v_duplicate then
+      -- A retried admission keeps the key its reservation holds.
+      v_route_keys[v_primary] := coalesce(v_existing ->> 'provider_key', v_route_keys[v_primary]);
+    end if;
+    for v_i in 1 .. coalesce(cardinality(v_route_providers), 0) loop
+      if v_route_exhausted[v_i] then
+        v_route_states[v_i] := 'open';
+        v_route_probe_due[v_i] := false;
+      end if;
+    end loop;
 
     ---------------------------------------------------------------- the estimate
     if v_duplicate then
@@ -608,6 +688,38 @@ begin
         v_retry_after := ceil(extract(epoch from v_next_month - v_now))::integer;
         exit decide;
       end if;
+
+      ---------------------------------------------------------------- layer 8: the provider's capacity
+      -- Only for a guarded provider (see the upstream migration): everything above
+      -- passed, so a request that waits is one that will run.
+      if not v_cached and not v_dry_run and v_route_guarded[v_primary] then
+        v_upstream := tollgate.upstream_admission(v_req.request_id, v_req.user_id, v_route_providers[v_primary],
+          v_feature_priority, v_reserved_tokens, v_now);
+        if v_upstream ->> 'decision' = 'go' then
+          v_route_keys[v_primary] := v_upstream ->> 'key';
+          v_holds_slot := (v_upstream ->> 'holds_slot')::boolean;
+        else
+          v_layer := 'upstream';
+          v_retry_after := (v_upstream ->> 'retry_after_seconds')::integer;
+          case v_upstream ->> 'decision'
+            when 'queued' then
+              v_code := 'queued';
+              v_queue := v_upstream -> 'queue';
+              v_message := format('Waiting for %s capacity: position %s in the queue.',
+                v_route_providers[v_primary], v_queue ->> 'position');
+            when 'shed' then
+              v_code := 'load_shed';
+              v_shed := v_feature_priority;
+              v_message := format('The %s queue is full: %s requests are shed first. Try again later.',
+                v_route_providers[v_primary], v_feature_priority);
+            else
+              v_code := 'queue_timeout';
+              v_message := format('No %s capacity freed up within the %s priority''s longest wait. Try again in %s s.',
+                v_route_providers[v_primary], v_feature_priority, v_retry_after);
+          end case;
+          exit decide;
+        end if;
+      end if;
     end if;
     v_retry_after := null;
     v_message := null;
@@ -646,11 +758,12 @@ begin
 
     insert into public.api_usage (
       request_id, user_id, created_at, tokens_used, estimated_cost, feature, provider, model, status,
-      estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids, cached)
+      estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids, cached, provider_key, holds_upstream_slot)
     values (
-      v_req.request_id, v_req.user_id, v_now, v_reserved_tokens, v_estimate, v_feature_name, v_route_providers[1],
-      v_effective_model, 'reserved', case when v_cached then 0 else v_input_tokens end,
-      case when v_cached then 0 else v_max_tokens end, v_estimate, v_budget_ids, v_cached);
+      v_req.request_id, v_req.user_id, v_now, v_reserved_tokens, v_estimate, v_feature_name,
+      v_route_providers[coalesce(v_primary, 1)], v_effective_model, 'reserved', case when v_cached then 0 else v_input_tokens end,
+      case when v_cached then 0 else v_max_tokens end, v_estimate, v_budget_ids, v_cached,
+      v_route_keys[coalesce(v_primary, 1)], v_holds_slot);
     v_added := 1;
 
     if v_reserved_tokens > 0 or v_estimate > 0 then
@@ -684,9 +797,11 @@ begin
           'provider', r.provider,
           'model', r.model,
           'state', case r.state when 'probe' then 'half_open' when 'closed' then 'closed' else 'open' end,
-          'probe', r.state = 'probe') order by r.ordinality)
+          'probe', r.state = 'probe',
+          'key', r.key) order by r.ordinality)
       into v_route_json
-      from unnest(v_route_providers, v_route_models, v_route_states) with ordinality as r (provider, model, state);
+      from unnest(v_route_providers, v_route_models, v_route_states, v_route_keys) with ordinality
+        as r (provider, model, state, key);
     end if;
 
     if v_tier_name is not null then
@@ -710,11 +825,14 @@ begin
       v_all_warnings := v_warnings;
     end if;
 
-    if not v_allowed and not v_dry_run then
+    -- Refusals are logged (a request waiting in the queue is not refused, yet), and
+    -- so are downgrades by load shedding (seed 003: every shed request is counted).
+    if not v_dry_run and ((not v_allowed and v_code is distinct from 'queued') or (v_allowed and v_shed is not null))
+    then
       insert into tollgate.rejections (created_at, request_id, user_id, tier, feature, model, layer, code)
       values (coalesce(v_now, clock_timestamp()), v_req.request_id, v_req.user_id, v_tier_name,
         left(coalesce(v_req.feature, request ->> 'feature'), 64), left(coalesce(v_req.model, request ->> 'model'), 200),
-        v_layer, v_code);
+        v_layer, case when v_allowed then 'downgraded' else v_code end);
     end if;
 
     v_answer := jsonb_build_object(
@@ -781,7 +899,9 @@ begin
         'expires_at', v_cache.expires_at) end,
       'reserved', case when v_allowed then jsonb_build_object(
         'estimated_tokens', v_reserved_tokens,
-        'estimated_cost_usd', v_estimate) end
+        'estimated_cost_usd', v_estimate) end,
+      'queue', v_queue,
+      'shed', v_shed
     );
 
     exit when not v_budget_pending;
@@ -835,6 +955,7 @@ begin
       end if;
       v_reserved_budgets := v_i;
     end loop;
+    exit passes; -- reserved on every budget: the answer of pass 1 stands
   end loop;
   return v_answer;
 end;

@@ -27,11 +27,15 @@
 --   saved_cost_usd       number 0..1000, default 0: a cache hit's saved cost.
 --   attempts             integer 0..50, default 1. fallback_from text (provider/model
 --                        first tried), error_code text, endpoint text, streamed boolean.
---   attempts_detail      [{provider, model, ok boolean, status int|null}] in order:
---                        ok=false counts a failure against that breaker (opens at
---                        its threshold, or at once when it was half-open); ok=true
---                        closes it. The function decides what a failure is (5xx,
---                        429, timeouts — not a 400 the client caused).
+--   attempts_detail      [{provider, model, ok boolean, status int|null, key text|null,
+--                        at timestamptz|null, ratelimit {…}|null, retry_after_ms|null}]
+--                        in order: ok=false counts a failure against that breaker
+--                        (opens at its threshold, or at once when it was half-open);
+--                        ok=true closes it. The function decides what a failure is
+--                        (5xx, 429, timeouts — not a 400 the client caused). key,
+--                        at, ratelimit (the provider's rate-limit headers) and
+--                        retry_after_ms feed the provider keys' state (the upstream
+--                        migration); the last attempt's key is the call's provider_key.
 --   cache_entry          {key text, response jsonb, ttl_seconds int}, optional:
 --                        stored for a successful call.
 --
@@ -131,37 +135,43 @@ comment on function tollgate.usage_delta_of(public.ai_api_calls, integer, bigint
 -- cannot disagree on how a column adds up. The rows must have distinct keys (callers
 -- aggregate first: one INSERT cannot update a row twice) and are written in key order,
 -- the lock order. Returns how many rows were inserted or updated.
+--
+-- PL/pgSQL rather than SQL, here and in add_to_user_usage_daily: a SQL function with a
+-- SET clause is never inlined and is planned again on every call, while PL/pgSQL keeps
+-- its plan for the session — this runs in every settlement.
 create function tollgate.add_to_usage_daily(additions tollgate.usage_daily[])
 returns integer
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  with written as (
-    insert into tollgate.usage_daily as t
-    select a.* from unnest(additions) as a
-    order by a.day, a.provider, a.model, a.feature, a.shard
-    on conflict (day, provider, model, feature, shard) do update
-      set calls = t.calls + excluded.calls,
-          input_tokens = t.input_tokens + excluded.input_tokens,
-          output_tokens = t.output_tokens + excluded.output_tokens,
-          cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
-          cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
-          reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
-          cost_usd = t.cost_usd + excluded.cost_usd,
-          saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
-          latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
-          cache_hits = t.cache_hits + excluded.cache_hits,
-          success_calls = t.success_calls + excluded.success_calls,
-          error_calls = t.error_calls + excluded.error_calls,
-          timeout_calls = t.timeout_calls + excluded.timeout_calls,
-          client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
-          expired_calls = t.expired_calls + excluded.expired_calls,
-          fallback_calls = t.fallback_calls + excluded.fallback_calls,
-          unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
-          updated_at = excluded.updated_at
-    returning 1
-  )
-  select count(*)::integer from written
+declare
+  v_written integer;
+begin
+  insert into tollgate.usage_daily as t
+  select a.* from unnest(additions) as a
+  order by a.day, a.provider, a.model, a.feature, a.shard
+  on conflict (day, provider, model, feature, shard) do update
+    set calls = t.calls + excluded.calls,
+        input_tokens = t.input_tokens + excluded.input_tokens,
+        output_tokens = t.output_tokens + excluded.output_tokens,
+        cached_input_tokens = t.cached_input_tokens + excluded.cached_input_tokens,
+        cache_write_tokens = t.cache_write_tokens + excluded.cache_write_tokens,
+        reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens,
+        cost_usd = t.cost_usd + excluded.cost_usd,
+        saved_cost_usd = t.saved_cost_usd + excluded.saved_cost_usd,
+        latency_ms_sum = t.latency_ms_sum + excluded.latency_ms_sum,
+        cache_hits = t.cache_hits + excluded.cache_hits,
+        success_calls = t.success_calls + excluded.success_calls,
+        error_calls = t.error_calls + excluded.error_calls,
+        timeout_calls = t.timeout_calls + excluded.timeout_calls,
+        client_closed_calls = t.client_closed_calls + excluded.client_closed_calls,
+        expired_calls = t.expired_calls + excluded.expired_calls,
+        fallback_calls = t.fallback_calls + excluded.fallback_calls,
+        unpriced_calls = t.unpriced_calls + excluded.unpriced_calls,
+        updated_at = excluded.updated_at;
+  get diagnostics v_written = row_count;
+  return v_written;
+end;
 $$;
 comment on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) is
   'Internal: adds distinct-keyed rows to tollgate.usage_daily (the one upsert of that rollup).';
@@ -171,9 +181,10 @@ revoke all on function tollgate.add_to_usage_daily(tollgate.usage_daily[]) from 
 -- distinct keys, written in key order (the lock order).
 create function tollgate.add_to_user_usage_daily(additions public.user_usage_daily[])
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   insert into public.user_usage_daily as t
   select a.* from unnest(additions) as a
   order by a.user_id, a.day
@@ -186,7 +197,8 @@ as $$
         errors = t.errors + excluded.errors,
         reserved_tokens = t.reserved_tokens + excluded.reserved_tokens,
         reserved_cost_usd = t.reserved_cost_usd + excluded.reserved_cost_usd,
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at;
+end;
 $$;
 comment on function tollgate.add_to_user_usage_daily(public.user_usage_daily[]) is
   'Internal: adds distinct-keyed rows to public.user_usage_daily (the one upsert of settlement''s user rollup).';
@@ -262,6 +274,7 @@ as $$
 declare
   v_breaker record;
   v_attempt jsonb;
+  v_rate_limited boolean;
 begin
   for v_breaker in
     select a.value ->> 'provider' as provider, a.value ->> 'model' as model,
@@ -275,6 +288,7 @@ begin
         update tollgate.provider_health as h
         set state = 'closed',
             consecutive_failures = 0,
+            consecutive_429s = 0,
             opened_at = null,
             probe_request_id = null,
             probe_started_at = null,
@@ -283,13 +297,16 @@ begin
         where h.provider = v_breaker.provider and h.model = v_breaker.model
           and (h.state <> 'closed' or h.consecutive_failures > 0);
       else
+        v_rate_limited := coalesce((v_attempt ->> 'status')::numeric = 429, false);
         -- A failure: count it; open at the threshold, or at once when the breaker was
         -- half-open (the probe failed: back to a full cooldown).
         insert into tollgate.provider_health as h (
-          provider, model, state, consecutive_failures, last_status, last_failure_at, updated_at)
-        values (v_breaker.provider, v_breaker.model, 'closed', 1, (v_attempt ->> 'status')::numeric::integer, at, at)
+          provider, model, state, consecutive_failures, consecutive_429s, last_status, last_failure_at, updated_at)
+        values (v_breaker.provider, v_breaker.model, 'closed', 1, v_rate_limited::integer,
+          (v_attempt ->> 'status')::numeric::integer, at, at)
         on conflict (provider, model) do update
           set consecutive_failures = h.consecutive_failures + 1,
+              consecutive_429s = case when v_rate_limited then h.consecutive_429s + 1 else 0 end,
               state = case
                 when h.state = 'half_open' or h.consecutive_failures + 1 >= h.failure_threshold then 'open'
                 else h.state
@@ -314,6 +331,23 @@ begin
         set state = 'open', opened_at = at
         where h.provider = v_breaker.provider and h.model = v_breaker.model
           and h.state = 'closed' and h.consecutive_failures >= h.failure_threshold;
+        -- Seed 003: repeated 429s mean the traffic outgrew the provider's tier (or
+        -- someone else uses the key). The breaker already sends traffic to the
+        -- fallback; a person hears of it once per streak.
+        if v_rate_limited then
+          insert into tollgate.budget_alerts (dedup_key, kind, severity, message, details)
+          select format('rate_limited:%s:%s:%s', h.provider, h.model, extract(epoch from h.last_failure_at)),
+            'provider_rate_limited', 'investigate',
+            format('%s answered %s consecutive 429s for %s: its circuit breaker is %s, traffic goes to the route''s fallback. Raise the provider tier, add a key or lower the load.',
+              h.provider, h.consecutive_429s, h.model, h.state),
+            jsonb_build_object('provider', h.provider, 'model', h.model, 'consecutive_429s', h.consecutive_429s,
+              'state', h.state)
+          from tollgate.provider_health as h
+          cross join tollgate.upstream_settings as s
+          where h.provider = v_breaker.provider and h.model = v_breaker.model
+            and h.consecutive_429s = s.rate_limit_streak
+          on conflict (dedup_key) do nothing;
+        end if;
       end if;
     end loop;
   end loop;
@@ -387,6 +421,7 @@ declare
   v_month date;
   v_shard integer;
   v_late boolean := false;
+  v_provider_key text;
 begin
   ---------------------------------------------------------------- the input
   -- One expression checks every key's JSON type and range; then one call converts
@@ -476,8 +511,12 @@ begin
         '$[*] ? (@.type() != "object" || !(@.provider.type() == "string") || !(@.model.type() == "string")
           || !(@.ok.type() == "boolean")
           || (exists(@.status) && !(@.status.type() == "null")
-            && !(@.status.type() == "number" && @.status >= 0 && @.status <= 999 && @.status == @.status.floor())))')
-      then 'each attempts_detail entry must be {provider: text, model: text, ok: boolean, status: integer 0..999 or null}'
+            && !(@.status.type() == "number" && @.status >= 0 && @.status <= 999 && @.status == @.status.floor()))
+          || (exists(@.key) && !(@.key.type() == "null" || @.key.type() == "string"))
+          || (exists(@.at) && !(@.at.type() == "null" || @.at.type() == "string"))
+          || (exists(@.ratelimit) && !(@.ratelimit.type() == "null" || @.ratelimit.type() == "object"))
+          || (exists(@.retry_after_ms) && !(@.retry_after_ms.type() == "null" || @.retry_after_ms >= 0)))')
+      then 'each attempts_detail entry must be {provider: text, model: text, ok: boolean, status: integer 0..999 or null, key: text or null, at: timestamp or null, ratelimit: object or null, retry_after_ms: number or null}'
     when coalesce(jsonb_typeof(call -> 'cache_entry'), 'null') not in ('object', 'null')
       then 'cache_entry must be an object {key, response, ttl_seconds}'
     when jsonb_typeof(call -> 'cache_entry') = 'object' and (
@@ -561,23 +600,33 @@ begin
   end if;
 
   ---------------------------------------------------------------- the call row, the reservation, the cache
+  -- The key of the attempt that answered (or was made last): attempts end there.
+  select a.value ->> 'key' into v_provider_key
+  from jsonb_array_elements(v_call.attempts_detail) with ordinality as a
+  where a.value ->> 'provider' = v_call.provider
+  order by a.ordinality desc
+  limit 1;
+
   if not v_late then
     insert into public.ai_api_calls as c (
       created_at, user_id, feature, provider, model, input_tokens, output_tokens, latency_ms,
       estimated_cost, cached, status, request_id, cached_input_tokens, cache_write_tokens,
-      reasoning_tokens, attempts, fallback_from, error_code, priced, saved_cost, endpoint, streamed, settled_at)
+      reasoning_tokens, attempts, fallback_from, error_code, priced, saved_cost, endpoint, streamed, provider_key,
+      settled_at)
     values (
       v_usage.created_at, v_call.user_id, v_usage.feature, v_call.provider, v_call.model, v_input, v_output, v_latency,
       v_cost, v_cached, v_call.status, v_call.request_id, v_cached_input, v_cache_write,
       v_reasoning, v_attempts, v_call.fallback_from, v_call.error_code, v_priced, v_saved, v_call.endpoint,
-      v_streamed, v_now);
+      v_streamed, v_provider_key, v_now)
+    returning c.* into v_new;
   else
     update public.ai_api_calls as c
     set provider = v_call.provider, model = v_call.model, input_tokens = v_input, output_tokens = v_output,
         latency_ms = v_latency, estimated_cost = v_cost, cached = v_cached, status = v_call.status,
         cached_input_tokens = v_cached_input, cache_write_tokens = v_cache_write, reasoning_tokens = v_reasoning,
         attempts = v_attempts, fallback_from = v_call.fallback_from, error_code = v_call.error_code, priced = v_priced,
-        saved_cost = v_saved, endpoint = v_call.endpoint, streamed = v_streamed, settled_at = v_now
+        saved_cost = v_saved, endpoint = v_call.endpoint, streamed = v_streamed, provider_key = v_provider_key,
+        settled_at = v_now
     where c.id = v_old.id
     returning c.* into v_new;
   end if;
@@ -617,6 +666,10 @@ begin
       where h.state <> 'closed' or h.consecutive_failures > 0)
   then
     perform tollgate.record_attempts(v_call.attempts_detail, v_now);
+  end if;
+  -- Provider keys: spend, low headroom, 429 streaks, refused keys (upstream migration).
+  if v_provider_key is not null or jsonb_path_exists(v_call.attempts_detail, '$[*] ? (@.key.type() == "string")') then
+    perform tollgate.record_upstream(v_new, v_call.attempts_detail, v_now);
   end if;
 
   if v_late then

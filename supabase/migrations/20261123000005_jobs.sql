@@ -73,11 +73,11 @@ begin
   with charged as (
     insert into public.ai_api_calls as c (
       created_at, user_id, feature, provider, model, input_tokens, output_tokens, latency_ms,
-      estimated_cost, cached, status, request_id, attempts, error_code, priced, settled_at)
+      estimated_cost, cached, status, request_id, attempts, error_code, priced, provider_key, settled_at)
     select r.created_at, r.user_id, r.feature, r.provider, r.model, r.estimated_input_tokens, r.max_output_tokens,
       least(extract(epoch from v_now - r.created_at) * 1000, 2147483647)::integer,
       r.reserved_cost, r.cached, 'expired', r.request_id, 0, 'reservation_expired',
-      r.reserved_cost > 0 or r.cached, v_now
+      r.reserved_cost > 0 or r.cached, r.provider_key, v_now
     from unnest(v_rows) as r
     order by r.created_at, r.request_id
     on conflict (request_id) do nothing

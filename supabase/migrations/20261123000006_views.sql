@@ -221,7 +221,7 @@ from tollgate.rejections as r
 group by 1, r.layer, r.code, r.feature
 order by 1 desc, rejections desc;
 comment on view public.rejections_by_layer is
-  'Requests refused by admission per UTC day, layer (request, feature, anomaly, budget, throttle, user_window, user_cost_cap), code and feature; last 30 days. Studio only.';
+  'Requests refused by admission per UTC day, layer (request, feature, anomaly, budget, throttle, user_window, user_cost_cap, upstream), code and feature, load-shedding downgrades included (code downgraded); last 30 days. Studio only.';
 comment on column public.rejections_by_layer.day is 'UTC day.';
 comment on column public.rejections_by_layer.layer is 'The layer that said no.';
 comment on column public.rejections_by_layer.code is 'The stable code returned to the client.';

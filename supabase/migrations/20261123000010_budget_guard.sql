@@ -139,7 +139,7 @@ comment on column tollgate.budget_alerts.id is 'Alert id (`alert_id` in the webh
 comment on column tollgate.budget_alerts.dedup_key is
   'What makes the event unique: budget:<budget id>:<month>:<threshold>, or the flag and the instant it changed. INSERT … ON CONFLICT DO NOTHING on it makes every alert exactly-once.';
 comment on column tollgate.budget_alerts.kind is
-  'budget (a threshold crossed), throttle / throttle_cleared, anomaly / anomaly_cleared (spend breaker), user_anomaly / user_anomaly_cleared.';
+  'budget (a threshold crossed), throttle / throttle_cleared, anomaly / anomaly_cleared (spend breaker), user_anomaly / user_anomaly_cleared; and from the upstream migration provider_rate_limited, provider_key_dead, provider_key_budget, provider_key_expiring.';
 comment on column tollgate.budget_alerts.severity is
   'info (<75%), investigate (75-89%), throttle (90-99%), hard_cap (>=100%), anomaly (a breaker tripped), resolved (a flag cleared).';
 comment on column tollgate.budget_alerts.budget_id is 'The budget (budget and throttle alerts).';
@@ -1142,7 +1142,7 @@ comment on view public.budget_alerts is
   'The budget guard''s alerts, newest first: thresholds crossed, throttle and anomaly breaker changes, flagged users, and their webhook delivery. Studio only.';
 comment on column public.budget_alerts.id is 'Alert id (alert_id in the webhook payload).';
 comment on column public.budget_alerts.created_at is 'When the alert was raised.';
-comment on column public.budget_alerts.kind is 'budget, throttle, throttle_cleared, anomaly, anomaly_cleared, user_anomaly, user_anomaly_cleared.';
+comment on column public.budget_alerts.kind is 'budget, throttle, throttle_cleared, anomaly, anomaly_cleared, user_anomaly, user_anomaly_cleared; provider_rate_limited, provider_key_dead, provider_key_budget, provider_key_expiring (the upstream migration).';
 comment on column public.budget_alerts.severity is 'info, investigate, throttle, hard_cap, anomaly, resolved.';
 comment on column public.budget_alerts.budget is '`global` or `feature <name>`.';
 comment on column public.budget_alerts.period is 'First day of the UTC month.';

@@ -15,11 +15,12 @@ select tables_are('public', array['api_usage', 'ai_api_calls', 'user_usage_daily
 select tables_are('tollgate', array[
   'tiers', 'tier_windows', 'user_plans', 'features', 'budgets', 'budget_periods', 'budget_settlements',
   'gateway_state', 'routes', 'route_targets', 'model_prices', 'provider_health', 'response_cache',
-  'usage_daily', 'rejections', 'guard_settings', 'budget_alerts', 'user_flags', 'spend_hourly'],
+  'usage_daily', 'rejections', 'guard_settings', 'budget_alerts', 'user_flags', 'spend_hourly',
+  'upstream_settings', 'priority_classes', 'provider_keys', 'provider_key_usage_daily', 'upstream_queue'],
   'tollgate holds the gateway''s configuration and state');
 select views_are('public', array[
   'daily_cost_summary', 'cost_by_feature', 'cost_by_user', 'budget_status', 'rejections_by_layer', 'my_usage',
-  'budget_alerts'],
+  'budget_alerts', 'provider_key_spend', 'provider_headroom'],
   'the views for Studio and for users');
 
 -- ----------------------------------------------------------------------------
@@ -133,10 +134,11 @@ select is(
    from cron.job where jobname like 'tollgate-%'),
   E'tollgate-check-anomalies | * * * * * | select tollgate.check_anomalies()\n'
     'tollgate-check-budgets | * * * * * | select tollgate.check_budgets()\n'
+    'tollgate-check-provider-keys | * * * * * | select tollgate.check_provider_keys()\n'
     'tollgate-deliver-alerts | * * * * * | select tollgate.deliver_alerts()\n'
     'tollgate-expire-reservations | * * * * * | select tollgate.expire_reservations()\n'
     'tollgate-prune-api-usage | */5 * * * * | select tollgate.prune_api_usage()',
-  'pg_cron runs the guard, the delivery and the expiry every minute, the pruning every five minutes');
+  'pg_cron runs the guard, the delivery, the expiry and the keys'' check every minute, the pruning every five minutes');
 select is(
   (select count(*)::integer from cron.job where jobname like 'tollgate-%'
      and array_length(regexp_split_to_array(schedule, '\s+'), 1) <> 5),

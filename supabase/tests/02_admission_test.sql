@@ -4,7 +4,7 @@
 -- real parallel connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(68);
+select plan(69);
 
 -- Test users. Hosted Supabase's `postgres` may insert into auth.users; the local
 -- stack grants that to service_role (which postgres is a member of), so switch.
@@ -73,8 +73,8 @@ select is((select a ->> 'tier' from t where name = 'basic'), 'free', 'a user wit
 select is((select a -> 'layer' = 'null' and a -> 'code' = 'null' from t where name = 'basic'), true,
   'an admitted, unrestricted request has no layer and no code');
 select is((select a -> 'route' from t where name = 'basic'),
-  '[{"provider": "openai", "model": "gpt-4o-mini", "state": "closed", "probe": false},
-    {"provider": "anthropic", "model": "claude-haiku-4-5", "state": "closed", "probe": false}]'::jsonb,
+  '[{"provider": "openai", "model": "gpt-4o-mini", "state": "closed", "probe": false, "key": null},
+    {"provider": "anthropic", "model": "claude-haiku-4-5", "state": "closed", "probe": false, "key": null}]'::jsonb,
   'the route: OpenAI first, Anthropic as fallback, breakers closed');
 select is((select jsonb_path_query_array(a -> 'windows', '$[*].remaining') from t where name = 'basic'), '[9, 19]'::jsonb,
   'windows: 9 left of 10 per minute, 19 left of 20 per hour');
@@ -94,9 +94,11 @@ select is((select p.reserved_total_usd from tollgate.budget_periods as p join to
   where b.scope = 'global'), 0.001::numeric, 'the global budget''s reservations include it');
 select is((select array_agg(k order by k) from t, jsonb_object_keys(t.a) as k where t.name = 'basic'),
   array['allowed', 'cached', 'code', 'dry_run', 'duplicate', 'feature', 'layer', 'message', 'model', 'prices',
-    'request_id', 'reserved', 'restricted', 'retry_after_seconds', 'route', 'spend', 'tier', 'tokens', 'warnings',
-    'windows'],
+    'queue', 'request_id', 'reserved', 'restricted', 'retry_after_seconds', 'route', 'shed', 'spend', 'tier', 'tokens',
+    'warnings', 'windows'],
   'the answer has every key of the contract');
+select is((select jsonb_build_array(a -> 'queue', a -> 'shed') from t where name = 'basic'), '[null, null]'::jsonb,
+  'a provider without keys or a queue is not guarded: no queue, nothing shed');
 
 -- ----------------------------------------------------------------------------
 -- Bad input: invalid_request, nothing reserved, the rejection logged
@@ -250,7 +252,7 @@ select is(tollgate.admit(jsonb_build_object('request_id', 'aaaaaaaa-0000-4000-80
 -- Routes, price overrides, circuit breakers
 -- ----------------------------------------------------------------------------
 select is(pg_temp.admit((select id from ids where name = 'main'), '{"model": "claude-3-7-sonnet"}') -> 'route',
-  '[{"provider": "anthropic", "model": "claude-3-7-sonnet", "state": "closed", "probe": false}]'::jsonb,
+  '[{"provider": "anthropic", "model": "claude-3-7-sonnet", "state": "closed", "probe": false, "key": null}]'::jsonb,
   'a model without a route goes to Anthropic when its name starts with claude ...');
 select is(pg_temp.admit((select id from ids where name = 'main'), '{"model": "o3-mini"}') #>> '{route,0,provider}', 'openai',
   '... and to OpenAI otherwise');
@@ -270,11 +272,11 @@ values ('openai', 'gpt-4o', 'open', 3, now() - interval '2 minutes'),
 insert into t values ('probe1', pg_temp.admit((select id from ids where name = 'main'), '{"model": "gpt-4o"}'));
 insert into t values ('probe2', pg_temp.admit((select id from ids where name = 'main'), '{"model": "gpt-4o"}'));
 select is((select a -> 'route' from t where name = 'probe1'),
-  '[{"provider": "openai", "model": "gpt-4o", "state": "half_open", "probe": true},
-    {"provider": "anthropic", "model": "claude-sonnet-4-6", "state": "open", "probe": false}]'::jsonb,
+  '[{"provider": "openai", "model": "gpt-4o", "state": "half_open", "probe": true, "key": null},
+    {"provider": "anthropic", "model": "claude-sonnet-4-6", "state": "open", "probe": false, "key": null}]'::jsonb,
   'after the cooldown, one request is granted the half-open probe; a breaker still cooling down stays open');
 select is((select a #> '{route,0}' from t where name = 'probe2'),
-  '{"provider": "openai", "model": "gpt-4o", "state": "open", "probe": false}'::jsonb,
+  '{"provider": "openai", "model": "gpt-4o", "state": "open", "probe": false, "key": null}'::jsonb,
   'the next request sees the breaker open while the probe is in flight');
 
 -- ----------------------------------------------------------------------------

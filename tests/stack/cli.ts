@@ -11,12 +11,11 @@ import postgres from "postgres";
 import { bundleSupabaseJs, writeDevSession } from "../../web/prepare.ts";
 
 const projectRoot = new URL("../../", import.meta.url).pathname;
-const providerKeyNames = ["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"];
+// Real providers for `dev`, when the shell has their keys (extra keys too: OPENAI_API_KEY_BACKUP, …).
+const providerVariable = /^(OPENAI|ANTHROPIC)_(API_KEY(_[A-Z0-9_]+)?|BASE_URL)$/;
 
 function providerEnv(): Record<string, string> {
-  return Object.fromEntries(
-    providerKeyNames.flatMap((name) => Deno.env.get(name) ? [[name, Deno.env.get(name)!]] : []),
-  );
+  return Object.fromEntries(Object.entries(Deno.env.toObject()).filter(([name]) => providerVariable.test(name)));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ export async function createTier(sql: Sql, options: TierOptions = {}): Promise<s
 }
 
 export interface FeatureOptions {
-  priority?: "critical" | "normal" | "background";
+  priority?: "critical" | "normal" | "batch" | "background";
   allowedModels?: string[] | null;
   maxTokens?: number;
   cacheTtlSeconds?: number;

@@ -54,8 +54,13 @@ globalThis.addEventListener("unload", () => {
   }
 });
 
-/** A function server of its own, in front of a provider stand-in of its own. */
-export async function startTestGateway(env: Record<string, string> = {}): Promise<TestGateway> {
+/**
+ * A function server of its own, in front of a provider stand-in of its own. `env` may depend on
+ * the stand-in's URL (for providers of a test's own, configured by `<NAME>_BASE_URL`).
+ */
+export async function startTestGateway(
+  env: Record<string, string> | ((providerUrl: string) => Record<string, string>) = {},
+): Promise<TestGateway> {
   const provider = await startProvider();
   const process = await startGateway({
     ...stack.functionEnv,
@@ -65,7 +70,7 @@ export async function startTestGateway(env: Record<string, string> = {}): Promis
     ANTHROPIC_BASE_URL: provider.url,
     // Tokens are issued for the main stack's URL: keep it as this server's SUPABASE_URL too.
     SUPABASE_URL: stack.supabaseUrl,
-    ...env,
+    ...(typeof env === "function" ? env(provider.url) : env),
   });
   running.push(process);
   return {

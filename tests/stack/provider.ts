@@ -40,7 +40,21 @@
  * Limits are advertised, never enforced (use `status=429` for that). Remaining
  * counts come from a fixed one-minute window that starts with the first request
  * after the previous window expired; every completion request takes one
- * request and its input + output tokens from it.
+ * request and its input + output tokens from it. Every answer carries the
+ * headers, errors (429 etc.) included, as the real providers' do: OpenAI's
+ * `x-ratelimit-*` with Go-style durations as resets, Anthropic's
+ * `anthropic-ratelimit-*` (requests, tokens, input-tokens, output-tokens) with
+ * RFC 3339 times, at whole seconds as Anthropic sends them (rounded up, so
+ * never before the refill).
+ *
+ * `ratelimit_remaining_requests=N` / `ratelimit_remaining_tokens=N` advertise
+ * N remaining instead (tokens: all three token groups on Anthropic);
+ * `ratelimit_reset_ms=N` advertises that both refill in N ms, so a test can
+ * make headroom come back quickly (on Anthropic exact to the millisecond, as
+ * RFC 3339 allows, so a short reset is not stretched to a whole second).
+ *
+ * Keys that are not accepted get a 401 in the provider's own error format
+ * (OpenAI `invalid_api_key`, Anthropic `authentication_error`).
  *
  * Deno note: `hang` watches `request.signal` to notice a client giving up.
  * Under Deno 2's legacy abort behaviour that makes Deno print a one-time
@@ -58,7 +72,8 @@
 import { parseArgs } from "node:util";
 
 export const DEFAULT_API_KEY = "local-provider-key";
-const DEFAULT_RATE_LIMIT = { requests: 10_000, tokens: 2_000_000 };
+// A large account: the gateway acts on these headers, and load tests must not run into them by accident.
+const DEFAULT_RATE_LIMIT = { requests: 1_000_000, tokens: 1_000_000_000 };
 const WINDOW_MS = 60_000;
 const DEFAULT_REPLY_PROMPT_WORDS = 8;
 const SYSTEM_FINGERPRINT = "fp_10ca1f00d0";
@@ -146,6 +161,8 @@ export interface Directives {
   ratelimitRemainingRequests?: number;
   /** `ratelimit_remaining_tokens=N`: advertised remaining tokens. */
   ratelimitRemainingTokens?: number;
+  /** `ratelimit_reset_ms=N`: advertised time until requests and tokens refill. */
+  ratelimitResetMs?: number;
 }
 
 const DIRECTIVE_RE = /\[\[mock(?:\s+([^\]]*))?\]\]/g;
@@ -163,6 +180,7 @@ const INT_KEYS = {
   reasoning: "reasoning",
   ratelimit_remaining_requests: "ratelimitRemainingRequests",
   ratelimit_remaining_tokens: "ratelimitRemainingTokens",
+  ratelimit_reset_ms: "ratelimitResetMs",
   retry_after_ms: "retryAfterMs",
 } as const;
 
@@ -633,13 +651,14 @@ export function formatResetDuration(ms: number): string {
 interface RateOverrides {
   requests?: number;
   tokens?: number;
+  resetMs?: number;
 }
 
 function openaiRateHeaders(
   s: RateSnapshot,
   o: RateOverrides,
 ): Record<string, string> {
-  const reset = formatResetDuration(s.resetMs);
+  const reset = formatResetDuration(o.resetMs ?? s.resetMs);
   return {
     "x-ratelimit-limit-requests": String(s.limits.requests),
     "x-ratelimit-limit-tokens": String(s.limits.tokens),
@@ -656,9 +675,11 @@ function anthropicRateHeaders(
   s: RateSnapshot,
   o: RateOverrides,
 ): Record<string, string> {
-  // RFC 3339 at whole seconds, rounded up so it never precedes the refill.
-  const resetAt = new Date(Math.ceil((s.now + s.resetMs) / 1000) * 1000)
-    .toISOString().replace(".000Z", "Z");
+  // RFC 3339 at whole seconds, rounded up so it never precedes the refill; an
+  // overridden reset exact to the millisecond.
+  const resetAt = o.resetMs === undefined
+    ? new Date(Math.ceil((s.now + s.resetMs) / 1000) * 1000).toISOString().replace(".000Z", "Z")
+    : new Date(s.now + o.resetMs).toISOString();
   const group = (name: string, limit: number, remaining: number) => ({
     [`anthropic-ratelimit-${name}-limit`]: String(limit),
     [`anthropic-ratelimit-${name}-remaining`]: String(remaining),
@@ -911,6 +932,7 @@ function createProvider(options: ProviderOptions): ProviderServer {
     ex.overrides = {
       requests: d.ratelimitRemainingRequests,
       tokens: d.ratelimitRemainingTokens,
+      resetMs: d.ratelimitResetMs,
     };
 
     // Bounded, so a client leaving early only keeps this slot a little longer.

@@ -22,6 +22,7 @@ import {
   openaiChatRequestSchema,
   parseRequest,
 } from "./schemas.ts";
+import { inBackground } from "./runtime.ts";
 import { settleInBackground } from "./settlement.ts";
 import { clientStream, resumeBody, type StreamEnd } from "./streaming.ts";
 import { emptyUsage, type Usage } from "./usage.ts";
@@ -126,15 +127,58 @@ function unmeteredAdmission(call: Incoming, requestId: string): Admission {
     feature: null,
     model: call.model,
     restricted: null,
-    route: [{ provider: defaultProvider(call.model), model: call.model, state: "closed", probe: false }],
+    route: [{ provider: defaultProvider(call.model), model: call.model, state: "closed", probe: false, key: null }],
     prices: [],
     cached: null,
     reserved: null,
+    queue: null,
+    shed: null,
   };
 }
 
 // The database's default route (tollgate.admit) for a model without a row in tollgate.routes.
 const defaultProvider = (model: string) => model.startsWith("claude") ? "anthropic" : "openai";
+
+/**
+ * Admission, waiting in the provider queue for as long as it answers `queued`: the same request
+ * id asks again after each poll interval, so the ticket keeps its place. A caller that leaves
+ * takes its ticket out of the queue at once. The wait counts against the request's deadline.
+ */
+async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal): Promise<Admission> {
+  const request = admissionRequest(call, context.requestId, false);
+  for (;;) {
+    const admission = await context.ledger.admit(request);
+    if (admission.code !== "queued" || !admission.queue) return admission;
+    const waitedMs = performance.now() - context.startedAt;
+    if (waitedMs + admission.queue.poll_after_ms > context.config.deadlineMs / 2) {
+      // Half the deadline stays for the call itself: past that, give up our place honestly.
+      inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
+      return { ...admission, code: "queue_timeout", message: "No provider capacity freed up in time. Try again." };
+    }
+    if (!(await pause(admission.queue.poll_after_ms, signal))) {
+      inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
+      throw new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
+    }
+  }
+}
+
+const logQueueError = (error: unknown) =>
+  console.warn(`leaving the provider queue failed: ${error instanceof Error ? error.message : error}`);
+
+/** Waits `ms`; false when the client went away first. */
+function pause(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => done(true), ms);
+    const onAbort = () => done(false);
+    signal.addEventListener("abort", onAbort, { once: true });
+    function done(waited: boolean) {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      resolve(waited);
+    }
+  });
+}
 
 function rejection(admission: Admission): GatewayError {
   const status = admission.code === "unknown_feature" || admission.code === "invalid_request"
@@ -157,7 +201,7 @@ export async function handleCompletion(request: Request, context: Context, forma
   let admission: Admission;
   let metered = true;
   try {
-    admission = await context.ledger.admit(admissionRequest(call, context.requestId, false));
+    admission = await admitInTurn(context, call, request.signal);
   } catch (error) {
     if (!(context.config.failOpen && error instanceof GatewayError && error.code === "database_unavailable")) {
       throw error;
@@ -166,6 +210,7 @@ export async function handleCompletion(request: Request, context: Context, forma
     metered = false;
   }
   if (!admission.allowed) throw rejection(admission);
+  context.registerKeys(admission.route);
 
   // From here on the call is admitted: it must be settled exactly once, whatever fails.
   const record = settlementBase(call, context, admission);
@@ -182,7 +227,8 @@ export async function handleCompletion(request: Request, context: Context, forma
     return await serveAdmitted(request, context, call, admission, record, settle);
   } catch (error) {
     if (!settled) {
-      record.status = "error";
+      // A client that left first never sees the failure: it is recorded as gone.
+      record.status = request.signal.aborted ? "client_closed" : "error";
       record.error_code = error instanceof GatewayError ? error.code : "internal_error";
       record.latency_ms = elapsed(context);
       settle();
@@ -211,7 +257,11 @@ async function serveAdmitted(
   }
 
   applyCaps(call.plan, admission);
-  const timeouts: Timeouts = { attemptMs: context.config.attemptTimeoutMs, deadlineMs: context.config.deadlineMs };
+  // Time spent in the provider queue comes out of the deadline.
+  const timeouts: Timeouts = {
+    attemptMs: context.config.attemptTimeoutMs,
+    deadlineMs: context.config.deadlineMs - (performance.now() - context.startedAt),
+  };
   let answer: Answer;
   try {
     answer = await dispatch(call.plan, admission.route, context.config.env, timeouts, request.signal);
@@ -228,7 +278,11 @@ async function serveAdmitted(
       settle();
       return json(stale.response, { ...headers, "x-tollgate-cache": "stale" }, context);
     }
-    record.status = error.error.code === "client_closed" ? "client_closed" : error.timedOut ? "timeout" : "error";
+    record.status = error.error.code === "client_closed" || request.signal.aborted
+      ? "client_closed"
+      : error.timedOut
+      ? "timeout"
+      : "error";
     record.error_code = error.error.code;
     record.latency_ms = elapsed(context);
     settle();

@@ -22,6 +22,7 @@ export type Database = {
           "output_tokens": number;
           "priced": boolean;
           "provider": string;
+          "provider_key": string | null;
           "reasoning_tokens": number;
           "request_id": string;
           "saved_cost": number;
@@ -49,6 +50,7 @@ export type Database = {
           "output_tokens": number;
           "priced"?: boolean;
           "provider": string;
+          "provider_key"?: string | null;
           "reasoning_tokens"?: number;
           "request_id": string;
           "saved_cost"?: number;
@@ -75,6 +77,7 @@ export type Database = {
           "output_tokens"?: number;
           "priced"?: boolean;
           "provider"?: string;
+          "provider_key"?: string | null;
           "reasoning_tokens"?: number;
           "request_id"?: string;
           "saved_cost"?: number;
@@ -93,9 +96,11 @@ export type Database = {
           "estimated_cost": number;
           "estimated_input_tokens": number;
           "feature": string;
+          "holds_upstream_slot": boolean;
           "max_output_tokens": number;
           "model": string;
           "provider": string;
+          "provider_key": string | null;
           "request_id": string;
           "reserved_cost": number;
           "settled_at": string | null;
@@ -111,9 +116,11 @@ export type Database = {
           "estimated_cost"?: number;
           "estimated_input_tokens"?: number;
           "feature": string;
+          "holds_upstream_slot"?: boolean;
           "max_output_tokens"?: number;
           "model": string;
           "provider": string;
+          "provider_key"?: string | null;
           "request_id": string;
           "reserved_cost"?: number;
           "settled_at"?: string | null;
@@ -128,9 +135,11 @@ export type Database = {
           "estimated_cost"?: number;
           "estimated_input_tokens"?: number;
           "feature"?: string;
+          "holds_upstream_slot"?: boolean;
           "max_output_tokens"?: number;
           "model"?: string;
           "provider"?: string;
+          "provider_key"?: string | null;
           "request_id"?: string;
           "reserved_cost"?: number;
           "settled_at"?: string | null;
@@ -362,6 +371,73 @@ export type Database = {
           "reserved_tokens"?: number | null;
           "total_tokens"?: never;
         };
+        Relationships: [];
+      };
+      "provider_headroom": {
+        Row: {
+          "fingerprint": string;
+          "free_calls": number | null;
+          "in_flight": number | null;
+          "label": string;
+          "max_in_flight": number | null;
+          "provider": string;
+          "remaining_requests": number | null;
+          "remaining_tokens": number | null;
+          "requests_reset_at": string | null;
+          "state": string;
+          "tokens_reset_at": string | null;
+          "usable": boolean | null;
+          "waiting": number | null;
+        };
+        ComputedFields: never;
+        Insert: {
+          "fingerprint"?: string | null;
+          "free_calls"?: never;
+          "in_flight"?: never;
+          "label"?: string | null;
+          "max_in_flight"?: number | null;
+          "provider"?: string | null;
+          "remaining_requests"?: never;
+          "remaining_tokens"?: never;
+          "requests_reset_at"?: string | null;
+          "state"?: string | null;
+          "tokens_reset_at"?: string | null;
+          "usable"?: never;
+          "waiting"?: never;
+        };
+        Update: {
+          "fingerprint"?: string | null;
+          "free_calls"?: never;
+          "in_flight"?: never;
+          "label"?: string | null;
+          "max_in_flight"?: number | null;
+          "provider"?: string | null;
+          "remaining_requests"?: never;
+          "remaining_tokens"?: never;
+          "requests_reset_at"?: string | null;
+          "state"?: string | null;
+          "tokens_reset_at"?: string | null;
+          "usable"?: never;
+          "waiting"?: never;
+        };
+        Relationships: [];
+      };
+      "provider_key_spend": {
+        Row: {
+          "calls": number | null;
+          "cost_usd": number | null;
+          "daily_budget_usd": number | null;
+          "day": string;
+          "expires_on": string | null;
+          "fingerprint": string | null;
+          "input_tokens": number | null;
+          "label": string;
+          "output_tokens": number | null;
+          "percent_of_budget": number | null;
+          "provider": string;
+          "state": string | null;
+        };
+        ComputedFields: never;
         Relationships: [];
       };
       "rejections_by_layer": {
@@ -754,8 +830,34 @@ export type Database = {
         };
         Relationships: [];
       };
+      "priority_classes": {
+        Row: {
+          "max_wait_seconds": number;
+          "priority": string;
+          "rank": number;
+          "shed_queue_depth": number | null;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "max_wait_seconds": number;
+          "priority": string;
+          "rank": number;
+          "shed_queue_depth"?: number | null;
+          "updated_at"?: string;
+        };
+        Update: {
+          "max_wait_seconds"?: number;
+          "priority"?: string;
+          "rank"?: number;
+          "shed_queue_depth"?: number | null;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
       "provider_health": {
         Row: {
+          "consecutive_429s": number;
           "consecutive_failures": number;
           "cooldown_seconds": number;
           "failure_threshold": number;
@@ -772,6 +874,7 @@ export type Database = {
         };
         ComputedFields: never;
         Insert: {
+          "consecutive_429s"?: number;
           "consecutive_failures"?: number;
           "cooldown_seconds"?: number;
           "failure_threshold"?: number;
@@ -787,6 +890,7 @@ export type Database = {
           "updated_at"?: string;
         };
         Update: {
+          "consecutive_429s"?: number;
           "consecutive_failures"?: number;
           "cooldown_seconds"?: number;
           "failure_threshold"?: number;
@@ -799,6 +903,134 @@ export type Database = {
           "probe_started_at"?: string | null;
           "provider"?: string;
           "state"?: string;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "provider_key_usage_daily": {
+        Row: {
+          "calls": number;
+          "cost_usd": number;
+          "day": string;
+          "input_tokens": number;
+          "label": string;
+          "output_tokens": number;
+          "provider": string;
+          "shard": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "calls"?: number;
+          "cost_usd"?: number;
+          "day": string;
+          "input_tokens"?: number;
+          "label": string;
+          "output_tokens"?: number;
+          "provider": string;
+          "shard": number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "calls"?: number;
+          "cost_usd"?: number;
+          "day"?: string;
+          "input_tokens"?: number;
+          "label"?: string;
+          "output_tokens"?: number;
+          "provider"?: string;
+          "shard"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
+      "provider_keys": {
+        Row: {
+          "daily_budget_usd": number | null;
+          "dead_since": string | null;
+          "dead_status": number | null;
+          "expires_on": string | null;
+          "fingerprint": string;
+          "label": string;
+          "max_in_flight": number | null;
+          "minute_requests": number;
+          "minute_start": string | null;
+          "minute_tokens": number;
+          "note": string | null;
+          "observed_at": string | null;
+          "position": number;
+          "previous_minute_requests": number;
+          "previous_minute_tokens": number;
+          "provider": string;
+          "registered_at": string;
+          "remaining_requests": number | null;
+          "remaining_tokens": number | null;
+          "requests_per_minute": number | null;
+          "requests_reset_at": string | null;
+          "requests_since_observed": number;
+          "state": string;
+          "tokens_per_minute": number | null;
+          "tokens_reset_at": string | null;
+          "tokens_since_observed": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "daily_budget_usd"?: number | null;
+          "dead_since"?: string | null;
+          "dead_status"?: number | null;
+          "expires_on"?: string | null;
+          "fingerprint": string;
+          "label": string;
+          "max_in_flight"?: number | null;
+          "minute_requests"?: number;
+          "minute_start"?: string | null;
+          "minute_tokens"?: number;
+          "note"?: string | null;
+          "observed_at"?: string | null;
+          "position"?: number;
+          "previous_minute_requests"?: number;
+          "previous_minute_tokens"?: number;
+          "provider": string;
+          "registered_at"?: string;
+          "remaining_requests"?: number | null;
+          "remaining_tokens"?: number | null;
+          "requests_per_minute"?: number | null;
+          "requests_reset_at"?: string | null;
+          "requests_since_observed"?: number;
+          "state"?: string;
+          "tokens_per_minute"?: number | null;
+          "tokens_reset_at"?: string | null;
+          "tokens_since_observed"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "daily_budget_usd"?: number | null;
+          "dead_since"?: string | null;
+          "dead_status"?: number | null;
+          "expires_on"?: string | null;
+          "fingerprint"?: string;
+          "label"?: string;
+          "max_in_flight"?: number | null;
+          "minute_requests"?: number;
+          "minute_start"?: string | null;
+          "minute_tokens"?: number;
+          "note"?: string | null;
+          "observed_at"?: string | null;
+          "position"?: number;
+          "previous_minute_requests"?: number;
+          "previous_minute_tokens"?: number;
+          "provider"?: string;
+          "registered_at"?: string;
+          "remaining_requests"?: number | null;
+          "remaining_tokens"?: number | null;
+          "requests_per_minute"?: number | null;
+          "requests_reset_at"?: string | null;
+          "requests_since_observed"?: number;
+          "state"?: string;
+          "tokens_per_minute"?: number | null;
+          "tokens_reset_at"?: string | null;
+          "tokens_since_observed"?: number;
           "updated_at"?: string;
         };
         Relationships: [];
@@ -1012,6 +1244,74 @@ export type Database = {
         };
         Relationships: [];
       };
+      "upstream_queue": {
+        Row: {
+          "enqueued_at": string;
+          "last_seen_at": string;
+          "priority": string;
+          "provider": string;
+          "rank": number;
+          "request_id": string;
+          "user_id": string;
+          "wait_until": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "enqueued_at": string;
+          "last_seen_at": string;
+          "priority": string;
+          "provider": string;
+          "rank": number;
+          "request_id": string;
+          "user_id": string;
+          "wait_until": string;
+        };
+        Update: {
+          "enqueued_at"?: string;
+          "last_seen_at"?: string;
+          "priority"?: string;
+          "provider"?: string;
+          "rank"?: number;
+          "request_id"?: string;
+          "user_id"?: string;
+          "wait_until"?: string;
+        };
+        Relationships: [];
+      };
+      "upstream_settings": {
+        Row: {
+          "id": boolean;
+          "key_expiry_warning_days": number;
+          "low_headroom_percent": number;
+          "queue_aging_seconds": number;
+          "queue_poll_ms": number;
+          "queue_ticket_ttl_seconds": number;
+          "rate_limit_streak": number;
+          "updated_at": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "id"?: boolean;
+          "key_expiry_warning_days"?: number;
+          "low_headroom_percent"?: number;
+          "queue_aging_seconds"?: number;
+          "queue_poll_ms"?: number;
+          "queue_ticket_ttl_seconds"?: number;
+          "rate_limit_streak"?: number;
+          "updated_at"?: string;
+        };
+        Update: {
+          "id"?: boolean;
+          "key_expiry_warning_days"?: number;
+          "low_headroom_percent"?: number;
+          "queue_aging_seconds"?: number;
+          "queue_poll_ms"?: number;
+          "queue_ticket_ttl_seconds"?: number;
+          "rate_limit_streak"?: number;
+          "updated_at"?: string;
+        };
+        Relationships: [];
+      };
       "usage_daily": {
         Row: {
           "cache_hits": number;
@@ -1200,6 +1500,7 @@ export type Database = {
       };
       "check_anomalies": { Args: { "as_of"?: string }; Returns: Json };
       "check_budgets": { Args: { "as_of"?: string }; Returns: Json };
+      "check_provider_keys": { Args: { "as_of"?: string }; Returns: number };
       "claim_alerts": {
         Args: { "lease_seconds"?: number; "max_alerts"?: number };
         Returns: {
@@ -1212,13 +1513,61 @@ export type Database = {
       "database_delivers_alerts": { Args: Record<PropertyKey, never>; Returns: boolean };
       "deliver_alerts": { Args: { "max_alerts"?: number }; Returns: Json };
       "expire_reservations": { Args: { "batch_size"?: number; "max_age"?: string }; Returns: number };
+      "key_headroom": {
+        Args: {
+          "at": string;
+          "estimated_tokens": number;
+          "in_flight": number;
+          "k": Omit<
+            Database["tollgate"]["Tables"]["provider_keys"]["Row"],
+            Database["tollgate"]["Tables"]["provider_keys"]["ComputedFields"]
+          >;
+        };
+        Returns: number;
+      };
+      "key_in_flight": { Args: { "label": string; "provider": string }; Returns: number };
+      "key_usable": {
+        Args: {
+          "at": string;
+          "k": Omit<
+            Database["tollgate"]["Tables"]["provider_keys"]["Row"],
+            Database["tollgate"]["Tables"]["provider_keys"]["ComputedFields"]
+          >;
+        };
+        Returns: boolean;
+      };
+      "leave_queue": { Args: { "request_id": string }; Returns: boolean };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
+      "record_upstream": {
+        Args: {
+          "at": string;
+          "attempts": Json;
+          "call": Omit<
+            Database["public"]["Tables"]["ai_api_calls"]["Row"],
+            Database["public"]["Tables"]["ai_api_calls"]["ComputedFields"]
+          >;
+        };
+        Returns: undefined;
+      };
+      "register_provider_keys": { Args: { "keys": Json }; Returns: number };
+      "revive_provider_key": { Args: { "label": string; "provider": string }; Returns: boolean };
       "settle": { Args: { "call": Json }; Returns: Json };
       "stale_answer": { Args: { "cache_key": string; "feature": string }; Returns: Json };
+      "upstream_admission": {
+        Args: {
+          "at": string;
+          "estimated_tokens": number;
+          "priority": string;
+          "provider": string;
+          "request_id": string;
+          "user_id": string;
+        };
+        Returns: Json;
+      };
       "usage": { Args: { "is_anonymous"?: boolean; "user_id": string }; Returns: Json };
       "usage_delta_of": {
         Args: {

@@ -1,6 +1,7 @@
 /**
  * The gateway's conversations with its database, one SQL function call each: `tollgate.admit`
- * before the provider, `tollgate.settle` after the response, and the account endpoints' reads.
+ * before the provider (again while it waits in the provider queue), `tollgate.settle` after the
+ * response, the account endpoints' reads, and per instance the provider keys it serves with.
  * One statement per step keeps it safe behind a transaction-mode pooler.
  *
  * Calls go through `invoke`, typed by `database.types.ts` (generated from the migrations by
@@ -25,6 +26,10 @@ export interface Ledger {
   claimAlerts(max: number, leaseSeconds: number): Promise<{ alert_id: number; payload: Json }[]>;
   /** The outcome of one delivery: null when the webhook took it, else why not. */
   recordAlertDelivery(alertId: number, error: string | null): Promise<void>;
+  /** A queued request's caller went away: its ticket leaves the provider queue. */
+  leaveQueue(requestId: string): Promise<void>;
+  /** The provider keys this instance serves with, by label and fingerprint (never the key). */
+  registerKeys(keys: { provider: string; label: string; fingerprint: string; position: number }[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -95,6 +100,12 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     },
     async recordAlertDelivery(alertId, error) {
       await invoke("record_alert_delivery", { alert_id: alertId, ...(error === null ? {} : { error_message: error }) });
+    },
+    async leaveQueue(requestId) {
+      await invoke("leave_queue", { request_id: requestId });
+    },
+    async registerKeys(keys) {
+      await invoke("register_provider_keys", { keys });
     },
     close: () => sql.end({ timeout: 5 }),
   };

@@ -1,15 +1,17 @@
 /**
  * Sending an admitted call upstream: along the route admission returned (fallback chain with
- * circuit-breaker states), with retries and backoff per provider, translating the request when
- * the provider speaks the other wire format. Retries happen only here, before a byte has gone
- * to the client; once an answer is handed back, it is committed.
+ * circuit-breaker states, a provider key per step), with retries and backoff per provider,
+ * failover to the provider's other keys when one is refused, translating the request when the
+ * provider speaks the other wire format. Retries happen only here, before a byte has gone to
+ * the client; once an answer is handed back, it is committed.
  */
 import { GatewayError, type WireFormat } from "./errors.ts";
 import type { AttemptOutcome, RouteStep } from "./ledger.ts";
-import { type ProviderEndpoint, providerEndpoint } from "./providers/registry.ts";
+import { rateLimitSnapshot } from "./providers/ratelimit.ts";
+import { type ProviderEndpoint, providerEndpoints } from "./providers/registry.ts";
 import { withStreamUsage } from "./providers/openai.ts";
 import { anthropicToOpenAIRequest, openaiToAnthropicRequest } from "./providers/translate/requests.ts";
-import { isRetryableStatus, nextDelay } from "./retry.ts";
+import { isRetryableStatus, nextDelay, retryAfterMs } from "./retry.ts";
 import type { AnthropicMessagesRequest, OpenAIChatRequest } from "./schemas.ts";
 
 /** The call as the client made it, after admission's caps were applied. */
@@ -65,15 +67,20 @@ export async function dispatch(
   let retryAfterSeconds = 0;
   let timedOut = false;
 
+  // Keys that answered 401/403 in this request ("provider/label"): no later step tries them again.
+  const refused = new Set<string>();
+
   for (const step of route) {
     if (performance.now() - started >= timeouts.deadlineMs) break;
     if (step.state === "open" && !step.probe) continue;
-    const endpoint = providerEndpoint(step.provider, env);
+    const keys = keyOrder(step, env, refused);
+    let endpoint = keys.shift();
     if (!endpoint) continue;
+    // The body depends on the provider's format only, the same for each of its keys.
     const { body, clientAskedUsage } = upstreamBody(plan, endpoint, step.model);
     const payload = JSON.stringify(body);
 
-    for (let attempt = 1;; attempt++) {
+    for (let attempt = 1;;) {
       if (clientSignal.aborted) throw new DispatchFailure(clientGone(), outcomes, false);
       const abort = new AbortController();
       const onClientGone = () => abort.abort(new DOMException("client closed", "AbortError"));
@@ -85,6 +92,7 @@ export async function dispatch(
       );
       const sentAt = performance.now();
       let failure: { status?: number; headers: Headers } | undefined;
+      let received: Received | undefined;
       try {
         const response = await fetch(endpoint.url, {
           method: "POST",
@@ -92,6 +100,7 @@ export async function dispatch(
           body: payload,
           signal: abort.signal,
         });
+        received = { headers: response.headers, at: new Date() };
         if (response.ok) {
           const answer: Answer = {
             endpoint,
@@ -110,7 +119,7 @@ export async function dispatch(
             answer.firstChunk = first.value;
           }
           clearTimeout(timer);
-          outcomes.push({ provider: step.provider, model: step.model, ok: true, status: response.status });
+          outcomes.push(attemptOutcome(step, endpoint, response.status, received));
           answer.providerMs = providerMs + (performance.now() - sentAt);
           return answer;
         }
@@ -120,7 +129,6 @@ export async function dispatch(
           // The provider refused the request itself: another provider would refuse it too.
           rejection = upstreamRejected(response.status, detail);
         }
-        retryAfterSeconds = Math.max(retryAfterSeconds, Number(response.headers.get("retry-after")) || 0);
       } catch (error) {
         if (clientSignal.aborted) throw new DispatchFailure(clientGone(), outcomes, false);
         const reason = abort.signal.reason as DOMException | undefined;
@@ -133,10 +141,19 @@ export async function dispatch(
         providerMs += performance.now() - sentAt;
       }
 
-      outcomes.push({ provider: step.provider, model: step.model, ok: false, status: failure.status ?? null });
+      const outcome = attemptOutcome(step, endpoint, failure.status ?? null, received);
+      outcomes.push(outcome);
+      retryAfterSeconds = Math.max(retryAfterSeconds, (outcome.retry_after_ms ?? 0) / 1000);
       if (rejection) throw new DispatchFailure(rejection, outcomes, false);
-      // 401/403: this key is refused; retrying it cannot help, the next provider may.
-      if (failure.status === 401 || failure.status === 403) break;
+      if (failure.status === 401 || failure.status === 403) {
+        // This key is refused; retrying it cannot help. The provider's next key may, at once and
+        // without using up a retry; with none left, the next step of the route.
+        console.warn(`${step.provider}: key "${endpoint.keyLabel}" refused (${failure.status})`);
+        refused.add(keyId(endpoint));
+        endpoint = keys.shift();
+        if (!endpoint || performance.now() - started >= timeouts.deadlineMs) break;
+        continue;
+      }
       const decision = nextDelay({
         attempt,
         status: failure.status,
@@ -147,6 +164,7 @@ export async function dispatch(
       // No retry left here: the next provider in the route, if there is time for it.
       if (!decision.retry) break;
       await sleep(decision.delayMs, clientSignal);
+      attempt++;
     }
   }
 
@@ -166,6 +184,48 @@ export async function dispatch(
     });
   throw new DispatchFailure(error, outcomes, timedOut);
 }
+
+/** The provider's response headers and when they arrived. */
+interface Received {
+  headers: Headers;
+  at: Date;
+}
+
+/**
+ * One attempt as settlement records it (plain JSON; the key by its label only), with the
+ * provider's rate-limit headers, which a refusal carries too, and its retry-after on a failure.
+ */
+function attemptOutcome(
+  step: RouteStep,
+  endpoint: ProviderEndpoint,
+  status: number | null,
+  received: Received | undefined,
+): AttemptOutcome {
+  const ok = status !== null && status >= 200 && status < 300;
+  return {
+    provider: step.provider,
+    model: step.model,
+    ok,
+    status,
+    key: endpoint.keyLabel,
+    at: received?.at.toISOString() ?? null,
+    ratelimit: received ? rateLimitSnapshot(endpoint.format, received.headers, received.at) : null,
+    retry_after_ms: received && !ok ? retryAfterMs(received.headers, received.at.getTime()) ?? null : null,
+  };
+}
+
+/**
+ * The keys to try for a step, as endpoints: the one admission chose (the first configured key
+ * when it chose none, or one not configured here), then the provider's others in their order;
+ * none that was refused earlier in this request.
+ */
+function keyOrder(step: RouteStep, env: Record<string, string | undefined>, refused: Set<string>): ProviderEndpoint[] {
+  const endpoints = providerEndpoints(step.provider, env).filter((endpoint) => !refused.has(keyId(endpoint)));
+  const chosen = endpoints.find((endpoint) => endpoint.keyLabel === step.key);
+  return chosen ? [chosen, ...endpoints.filter((endpoint) => endpoint !== chosen)] : endpoints;
+}
+
+const keyId = (endpoint: ProviderEndpoint) => `${endpoint.name}/${endpoint.keyLabel}`;
 
 /** The request body for one provider: translated if needed, with the route's model. */
 function upstreamBody(

@@ -16,12 +16,16 @@ import { corsHeaders } from "./http.ts";
 import { handleCompletion, handleEstimate } from "./completion.ts";
 import { handleModels, handleUsage } from "./account.ts";
 import { type AlertCourier, createAlertCourier } from "./alerts.ts";
+import { createKeyRegistry } from "./key_registry.ts";
+import type { RouteStep } from "./ledger.ts";
 
 /** What every handler may use; built once per isolate. */
 export interface Context {
   config: Config;
   verify: (request: Request) => Promise<Caller>;
   ledger: Ledger;
+  /** Registers the keys of a route's providers with the database (once per provider). */
+  registerKeys: (route: RouteStep[]) => void;
   requestId: string;
   /** performance.now() when the request arrived, for x-tollgate-overhead-ms. */
   startedAt: number;
@@ -51,6 +55,7 @@ export function createGateway(env: Record<string, string | undefined>) {
         config,
         verify: createVerifier(config),
         ledger,
+        registerKeys: createKeyRegistry(config.env, ledger),
         // Budget alerts are delivered by the function when the database cannot (see alerts.ts).
         alerts: config.alertWebhookUrl
           ? createAlertCourier(ledger, { webhookUrl: config.alertWebhookUrl, pollSeconds: config.alertPollSeconds })

@@ -183,6 +183,7 @@ export function limitHeaders(admission: Admission, now = Date.now()): Record<str
   if (admission.restricted) {
     headers["x-tollgate-restricted"] = admission.restricted.reason;
   }
+  if (admission.shed) headers["x-tollgate-shed"] = admission.shed;
   if (!admission.allowed && admission.layer) headers["x-tollgate-layer"] = admission.layer;
   if (!admission.allowed && admission.retry_after_seconds !== null) {
     headers["retry-after"] = String(Math.max(1, Math.ceil(admission.retry_after_seconds)));

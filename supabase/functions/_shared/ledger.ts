@@ -9,6 +9,8 @@ const routeStep = z.object({
   model: z.string(),
   state: z.enum(["closed", "open", "half_open"]),
   probe: z.boolean(),
+  /** The label of the provider key admission chose for this step; null: the first configured key. */
+  key: z.string().nullable().default(null),
 });
 export type RouteStep = z.infer<typeof routeStep>;
 
@@ -73,6 +75,16 @@ export const admissionSchema = z.object({
   prices: z.array(priceOverride).nullable().transform((prices) => prices ?? []),
   cached: z.object({ response: z.unknown(), cost_usd: z.coerce.string() }).nullable(),
   reserved: z.object({ estimated_tokens: z.number(), estimated_cost_usd: z.coerce.number() }).nullable(),
+  /** With code `queued`: the request waits for provider capacity; admit it again after `poll_after_ms`. */
+  queue: z.object({
+    provider: z.string(),
+    position: z.number(),
+    depth: z.number(),
+    poll_after_ms: z.number(),
+    wait_until: z.string(),
+  }).nullable().default(null),
+  /** Load shedding acted on this request: `downgraded` (admitted on a cheaper model), `background`, `batch`. */
+  shed: z.string().nullable().default(null),
 });
 export type Admission = z.infer<typeof admissionSchema>;
 
@@ -88,11 +100,31 @@ export type AccountUsage = z.infer<typeof usageSchema>;
 
 export type CallStatus = "success" | "error" | "timeout" | "client_closed";
 
+/**
+ * A provider's rate-limit headers as one response reported them (OpenAI `x-ratelimit-*`,
+ * Anthropic `anthropic-ratelimit-*`); null where a header was absent. Resets are durations.
+ */
+export interface RateLimitSnapshot {
+  limit_requests: number | null;
+  remaining_requests: number | null;
+  reset_requests_ms: number | null;
+  limit_tokens: number | null;
+  remaining_tokens: number | null;
+  reset_tokens_ms: number | null;
+}
+
 export interface AttemptOutcome {
   provider: string;
   model: string;
   ok: boolean;
   status: number | null;
+  /** The label of the provider key used (never the key). */
+  key: string | null;
+  /** When the provider's response headers arrived (ISO 8601); null when none arrived. */
+  at: string | null;
+  ratelimit: RateLimitSnapshot | null;
+  /** The provider's `retry-after(-ms)` on a refusal, in ms. */
+  retry_after_ms: number | null;
 }
 
 /** The input of `tollgate.settle` (its contract is in the settlement migration's header). */

@@ -1,38 +1,66 @@
 /**
  * Where each provider named in a route lives and how to authenticate, from the environment
  * (Supabase secrets). `anthropic` speaks the Messages API; every other name is an
- * OpenAI-compatible provider configured by `<NAME>_BASE_URL` and `<NAME>_API_KEY`
- * (`openai` defaults its base URL). Base URLs follow each official SDK's convention:
- * OpenAI's includes `/v1`, Anthropic's does not.
+ * OpenAI-compatible provider configured by `<NAME>_BASE_URL` and its keys (`<NAME>_API_KEY`,
+ * `<NAME>_API_KEY_<LABEL>`: see keys.ts); `openai` defaults its base URL. Base URLs follow each
+ * official SDK's convention: OpenAI's includes `/v1`, Anthropic's does not.
  */
 import type { WireFormat } from "../errors.ts";
 import * as anthropic from "./anthropic.ts";
+import { envPrefix, type ProviderKey, providerKeys } from "./keys.ts";
 import * as openai from "./openai.ts";
 
 export interface ProviderEndpoint {
   name: string;
   format: WireFormat;
   url: string;
+  /** Carry the key's secret: never log them. */
   headers: Record<string, string>;
+  /** The label of the key in `headers` (keys.ts). */
+  keyLabel: string;
 }
 
+/**
+ * The provider's endpoint with the key labelled `keyLabel`, or with its first key when no label
+ * is given or that label is not configured here (`keyLabel` of the answer says which);
+ * undefined when the provider is not configured.
+ */
 export function providerEndpoint(
   name: string,
   env: Record<string, string | undefined>,
+  keyLabel?: string | null,
 ): ProviderEndpoint | undefined {
-  const prefix = name.toUpperCase().replace(/[^A-Z0-9]/g, "_");
-  const apiKey = env[`${prefix}_API_KEY`];
-  if (!apiKey) return undefined;
-  if (name === "anthropic") {
-    const base = (env.ANTHROPIC_BASE_URL ?? anthropic.defaultBaseUrl).replace(/\/$/, "");
-    return { name, format: "anthropic", url: base + anthropic.messagesPath, headers: anthropic.buildHeaders(apiKey) };
-  }
-  const base = env[`${prefix}_BASE_URL`] ?? (name === "openai" ? openai.defaultBaseUrl : undefined);
-  if (!base) return undefined;
-  return {
-    name,
-    format: "openai",
-    url: base.replace(/\/$/, "") + openai.chatCompletionsPath,
-    headers: openai.buildHeaders(apiKey),
-  };
+  const endpoints = providerEndpoints(name, env);
+  return endpoints.find((endpoint) => endpoint.keyLabel === keyLabel) ?? endpoints[0];
+}
+
+/** The provider's endpoint once per configured key, in the keys' order; empty when unusable. */
+export function providerEndpoints(name: string, env: Record<string, string | undefined>): ProviderEndpoint[] {
+  const base = baseUrl(name, env);
+  if (!base) return [];
+  return providerKeys(name, env).map((key) => endpointWith(name, base, key));
+}
+
+const defaultBaseUrls = new Map([["openai", openai.defaultBaseUrl], ["anthropic", anthropic.defaultBaseUrl]]);
+
+function baseUrl(name: string, env: Record<string, string | undefined>): string | undefined {
+  return (env[`${envPrefix(name)}_BASE_URL`] ?? defaultBaseUrls.get(name))?.replace(/\/$/, "");
+}
+
+function endpointWith(name: string, base: string, key: ProviderKey): ProviderEndpoint {
+  return name === "anthropic"
+    ? {
+      name,
+      format: "anthropic",
+      url: base + anthropic.messagesPath,
+      headers: anthropic.buildHeaders(key.secret),
+      keyLabel: key.label,
+    }
+    : {
+      name,
+      format: "openai",
+      url: base + openai.chatCompletionsPath,
+      headers: openai.buildHeaders(key.secret),
+      keyLabel: key.label,
+    };
 }
