@@ -4,7 +4,14 @@
  *   1. Admission + settlement throughput: closed-loop workers, each calling tollgate.admit then tollgate.settle for a
  *      random user of 20,000 (on a bench-only tier whose limits are out of reach, so every layer runs and none
  *      refuses), with 1, 10 and 50 connections. Measured twice: from this Deno process through postgres.js (what the
- *      ai function does), and with pgbench, a C client, which shows the server's own capacity.
+ *      ai function does), and with pgbench, a C client, which shows the server's own capacity. Each cell in four
+ *      variants of the `openai` provider's keys, one after the other (so that whatever drifts touches them alike):
+ *        plain     no registered key: admission's route read finds none;
+ *        key       a registered key without ceilings: the key is read and named, settlement adds its spend;
+ *        inflight  the same key with a max_in_flight far out of reach, and
+ *        guarded   with every ceiling far out of reach (max_in_flight, requests and tokens per minute): every
+ *                  admission takes the upstream step (tollgate.upstream_admission: headroom worked out, a grant)
+ *                  and never waits — the queue's cost when there is no contention.
  *   2. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
  *      over five minutes on 2 cores), generated with set-based SQL (a year of calls over 10,000 users, 8 models, 5 features,
  *      every status) together with the rollups they imply, exactly as settlement would have left them: the median time
@@ -12,7 +19,8 @@
  *
  * It boots its own private cluster (tests/stack/postgres.ts, migrated with the Supabase CLI) and removes it at the end.
  *
- *   deno run -A bench/db.ts [--seconds 10] [--connections 1,10,50] [--sizes 1000000[,10000000]] [--out results.md]
+ *   deno run -A bench/db.ts [--seconds 10] [--connections 1,10,50] [--variants plain,key,inflight,guarded] [--rounds 1]
+ *                           [--sizes 1000000[,10000000]] [--out results.md]
  *
  * Progress goes to stderr; the Markdown report to stdout, or to --out (as bench/run.ts asks of a section).
  */
@@ -21,6 +29,7 @@ import postgres from "postgres";
 import { startCluster } from "../tests/stack/postgres.ts";
 import { applyMigrations } from "../tests/stack/migrate.ts";
 import { progress } from "../tests/stack/util.ts";
+import { cpuMs, machineBusyMs, withChildren } from "./proc.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const pgBin = "/usr/lib/postgresql/15/bin";
@@ -33,12 +42,16 @@ const { values: args } = parseArgs({
     seconds: { type: "string", default: "10" },
     sizes: { type: "string", default: "1000000" },
     connections: { type: "string", default: "1,10,50" },
+    variants: { type: "string", default: "plain,key,inflight,guarded" },
+    rounds: { type: "string", default: "1" },
     out: { type: "string" },
   },
 });
 const seconds = Number(args.seconds);
 const sizes = args.sizes!.split(",").filter(Boolean).map(Number);
 const connectionCounts = args.connections!.split(",").filter(Boolean).map(Number);
+/** Each cell is measured this many times per variant, the variants' order reversed every other round. */
+const rounds = Math.max(1, Number(args.rounds));
 const users = 20_000;
 
 type Sql = ReturnType<typeof postgres>;
@@ -46,8 +59,49 @@ type Sql = ReturnType<typeof postgres>;
 // ---------------------------------------------------------------------------------------------------------------------
 // Throughput
 
+/**
+ * The `openai` provider's keys during a cell. What admission and settlement do for each (see the upstream migration):
+ *   plain    no key registered: the route read finds none, settlement records no key spend.
+ *   key      one key (`primary`), no ceiling: the route read reads it (tollgate.key_usable), admission names it in
+ *            the reservation, settlement adds the call to its daily spend (provider_key_usage_daily).
+ *   inflight the same key with a max_in_flight no run reaches: the provider is guarded, so every admission also calls
+ *            tollgate.upstream_admission (works out the key's headroom, counting its calls in flight, and grants) and
+ *            its reservation holds an in-flight slot; none waits.
+ *   guarded  the same with every ceiling out of reach, the per-minute ones too: each grant is also counted in the key's
+ *            minute counters.
+ */
+type Variant = "plain" | "key" | "inflight" | "guarded";
+const variantLabels: Record<Variant, string> = {
+  plain: "no key (plain)",
+  key: "key, no ceiling",
+  inflight: "key + max_in_flight (queue on)",
+  guarded: "key + all ceilings (queue on)",
+};
+/** Column headings of the ratio table. */
+const variantShort: Record<Variant, string> = {
+  plain: "plain",
+  key: "key",
+  inflight: "max_in_flight",
+  guarded: "all ceilings",
+};
+const keyLabel = "primary";
+const ceilings = { max_in_flight: 100_000, requests_per_minute: 100_000_000, tokens_per_minute: 100_000_000_000 };
+const noCeilings = { max_in_flight: null, requests_per_minute: null, tokens_per_minute: null };
+const variantCeilings: Record<Exclude<Variant, "plain">, Record<keyof typeof ceilings, number | null>> = {
+  key: noCeilings,
+  inflight: { ...noCeilings, max_in_flight: ceilings.max_in_flight },
+  guarded: ceilings,
+};
+/** The variants whose admissions take the upstream step (a ceiling makes the provider guarded). */
+const queueOn = (variant: Variant) => variant === "inflight" || variant === "guarded";
+const variants = args.variants!.split(",").filter(Boolean) as Variant[];
+for (const v of variants) {
+  if (!(v in variantLabels)) throw new Error(`--variants: unknown variant ${v} (plain, key, inflight, guarded)`);
+}
+
 interface Throughput {
   client: string;
+  variant: Variant;
   connections: number;
   pairs: number;
   perSecond: number;
@@ -55,6 +109,10 @@ interface Throughput {
   settle?: Percentiles;
   pair: Percentiles;
   errors: number;
+  /** What the cells' reservations show (warm-ups included): did every admission take the variant's path? */
+  check: Check;
+  /** CPU that processes outside the benchmark used during the kept measurements, in cores. */
+  otherCores: number;
 }
 
 interface Percentiles {
@@ -92,6 +150,57 @@ async function prepareThroughput(admin: Sql, sql: Sql): Promise<string[]> {
   return (await sql`select id from bench.users order by n`).map((row) => row.id as string);
 }
 
+/** What a pair writes (admit, settle), vacuumed before each row. */
+const pairTables = [
+  "public.api_usage",
+  "public.ai_api_calls",
+  "public.user_usage_daily",
+  "tollgate.usage_daily",
+  "tollgate.budget_periods",
+  "tollgate.budget_settlements",
+  "tollgate.provider_keys",
+  "tollgate.provider_key_usage_daily",
+];
+
+/** Puts the `openai` provider's keys in the variant's state, afresh (no minute counters carried over). */
+async function setVariant(sql: Sql, variant: Variant): Promise<void> {
+  await sql`delete from tollgate.provider_keys where provider = 'openai'`;
+  if (variant === "plain") return;
+  const limits = variantCeilings[variant];
+  await sql`
+    insert into tollgate.provider_keys
+      (provider, label, fingerprint, max_in_flight, requests_per_minute, tokens_per_minute)
+    values ('openai', ${keyLabel}, 'sha256:0000000000000000', ${limits.max_in_flight}, ${limits.requests_per_minute},
+      ${limits.tokens_per_minute})`;
+}
+
+interface Check {
+  admitted: number;
+  /** Reservations naming a key (api_usage.provider_key). */
+  keyed: number;
+  /** Reservations holding an in-flight slot: granted by tollgate.upstream_admission. */
+  slots: number;
+  /** Tickets left in the upstream queue (requests that were told to wait). */
+  queued: number;
+}
+
+async function checkSince(sql: Sql, since: Date): Promise<Check> {
+  const [row] = await sql`
+    select count(*)::int as admitted, count(provider_key)::int as keyed,
+      count(*) filter (where holds_upstream_slot)::int as slots,
+      (select count(*) from tollgate.upstream_queue)::int as queued
+    from public.api_usage where created_at >= ${since}`;
+  return row as unknown as Check;
+}
+
+/** Did every admission of the cell take the variant's path? */
+function checkOk(variant: Variant, c: Check): boolean {
+  if (c.queued > 0 || c.admitted === 0) return false;
+  if (variant === "plain") return c.keyed === 0 && c.slots === 0;
+  if (!queueOn(variant)) return c.keyed === c.admitted && c.slots === 0;
+  return c.keyed === c.admitted && c.slots === c.admitted;
+}
+
 const admitRequest = (requestId: string, userId: string) => ({
   request_id: requestId,
   user_id: userId,
@@ -101,7 +210,8 @@ const admitRequest = (requestId: string, userId: string) => ({
   estimated_cost_usd: 0.0002,
 });
 
-const settleCall = (requestId: string, userId: string) => ({
+/** The settle call, as the function sends it: with a key registered, the answering attempt names it. */
+const settleCall = (requestId: string, userId: string, variant: Variant) => ({
   request_id: requestId,
   user_id: userId,
   provider: "openai",
@@ -111,11 +221,32 @@ const settleCall = (requestId: string, userId: string) => ({
   output_tokens: 100,
   latency_ms: 300,
   cost_usd: 0.00009,
-  attempts_detail: [{ provider: "openai", model: "gpt-4o-mini", ok: true, status: 200 }],
+  attempts_detail: [{
+    provider: "openai",
+    model: "gpt-4o-mini",
+    ok: true,
+    status: 200,
+    ...(variant === "plain" ? {} : { key: keyLabel }),
+  }],
 });
 
+/** One measurement of one cell; rounds of a cell are merged (see `merge`). */
+interface Raw {
+  pairs: number;
+  seconds: number;
+  errors: number;
+  admit: number[];
+  settle: number[];
+  pair: number[];
+  /** pgbench: its average latency (ms); it reports no percentiles. */
+  averageMs?: number;
+  check: Check;
+  /** CPU that processes outside the benchmark used meanwhile, in cores. */
+  otherCores: number;
+}
+
 /** Closed loop from Deno: `connections` workers, each admit → settle → admit … for `seconds`. */
-async function denoThroughput(url: string, ids: string[], connections: number): Promise<Throughput> {
+async function denoThroughput(url: string, ids: string[], connections: number, variant: Variant): Promise<Raw> {
   const sql = postgres(url, { max: connections, onnotice: () => {} });
   const admitTimes: number[] = [];
   const settleTimes: number[] = [];
@@ -131,7 +262,7 @@ async function denoThroughput(url: string, ids: string[], connections: number): 
           const [{ a }] = await sql`select tollgate.admit(${sql.json(admitRequest(requestId, userId))}) as a`;
           const t1 = performance.now();
           if (!a.allowed) throw new Error(`refused: ${a.code}`);
-          await sql`select tollgate.settle(${sql.json(settleCall(requestId, userId))})`;
+          await sql`select tollgate.settle(${sql.json(settleCall(requestId, userId, variant))})`;
           const t2 = performance.now();
           if (record) {
             admitTimes.push(t1 - t0);
@@ -146,19 +277,20 @@ async function denoThroughput(url: string, ids: string[], connections: number): 
     }));
   };
   try {
+    const [{ since }] = await sql`select now() as since`;
     await run(performance.now() + 2000, false); // warm-up: connections, plans, caches
     const started = performance.now();
     await run(started + seconds * 1000, true);
     const elapsed = (performance.now() - started) / 1000;
     return {
-      client: "Deno (postgres.js)",
-      connections,
       pairs: pairTimes.length,
-      perSecond: pairTimes.length / elapsed,
-      admit: percentiles(admitTimes),
-      settle: percentiles(settleTimes),
-      pair: percentiles(pairTimes),
+      seconds: elapsed,
       errors,
+      admit: admitTimes,
+      settle: settleTimes,
+      pair: pairTimes,
+      check: await checkSince(sql, since),
+      otherCores: 0,
     };
   } finally {
     await sql.end();
@@ -166,10 +298,11 @@ async function denoThroughput(url: string, ids: string[], connections: number): 
 }
 
 /** The same pair from pgbench (prepared statements, one transaction per call, like the Deno client). */
-async function pgbenchThroughput(url: string, connections: number): Promise<Throughput | undefined> {
+async function pgbenchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
   const pgbench = `${pgBin}/pgbench`;
   if (!(await Deno.stat(pgbench).then(() => true, () => false))) return undefined;
   const script = await Deno.makeTempFile({ suffix: ".sql" });
+  const key = variant === "plain" ? "" : `, 'key', '${keyLabel}'`;
   await Deno.writeTextFile(
     script,
     [
@@ -180,9 +313,10 @@ async function pgbenchThroughput(url: string, connections: number): Promise<Thro
       `select tollgate.settle(jsonb_build_object('request_id', :rid::uuid, 'user_id', :uid::uuid, 'provider', 'openai',` +
       ` 'model', 'gpt-4o-mini', 'status', 'success', 'input_tokens', 200, 'output_tokens', 100, 'latency_ms', 300,` +
       ` 'cost_usd', 0.00009, 'attempts_detail', jsonb_build_array(jsonb_build_object('provider', 'openai',` +
-      ` 'model', 'gpt-4o-mini', 'ok', true, 'status', 200)))) is not null;`,
+      ` 'model', 'gpt-4o-mini', 'ok', true, 'status', 200${key})))) is not null;`,
     ].join("\n") + "\n",
   );
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
     const pgbenchRun = async (duration: number) =>
       await new Deno.Command(pgbench, {
@@ -205,6 +339,7 @@ async function pgbenchThroughput(url: string, connections: number): Promise<Thro
         stdout: "piped",
         stderr: "piped",
       }).output();
+    const [{ since }] = await sql`select now() as since`;
     await pgbenchRun(2);
     const output = await pgbenchRun(seconds);
     const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
@@ -213,16 +348,139 @@ async function pgbenchThroughput(url: string, connections: number): Promise<Thro
     const failed = Number(text.match(/number of failed transactions: (\d+)/)?.[1] ?? 0);
     const average = Number(text.match(/latency average = ([\d.]+) ms/)?.[1] ?? NaN);
     return {
-      client: "pgbench (C)",
-      connections,
       pairs: processed,
-      perSecond: tps,
-      pair: { p50: average, p95: NaN, p99: NaN },
+      seconds: processed / tps,
       errors: failed,
+      admit: [],
+      settle: [],
+      pair: [],
+      averageMs: average,
+      check: await checkSince(sql, since),
+      otherCores: 0,
     };
   } finally {
+    await sql.end();
     await Deno.remove(script);
   }
+}
+
+/** One row from a cell's rounds: pairs over their summed time, percentiles over every sample. */
+function merge(client: string, variant: Variant, connections: number, raws: Raw[]): Throughput {
+  const pairs = raws.reduce((sum, r) => sum + r.pairs, 0);
+  const secondsAll = raws.reduce((sum, r) => sum + r.seconds, 0);
+  const samples = raws.flatMap((r) => r.pair);
+  const sum = (pick: (c: Check) => number) => raws.reduce((total, r) => total + pick(r.check), 0);
+  return {
+    client,
+    variant,
+    connections,
+    pairs,
+    perSecond: pairs / secondsAll,
+    admit: samples.length ? percentiles(raws.flatMap((r) => r.admit)) : undefined,
+    settle: samples.length ? percentiles(raws.flatMap((r) => r.settle)) : undefined,
+    pair: samples.length
+      ? percentiles(samples)
+      : { p50: raws.reduce((total, r) => total + (r.averageMs ?? NaN) * r.pairs, 0) / pairs, p95: NaN, p99: NaN },
+    errors: raws.reduce((total, r) => total + r.errors, 0),
+    check: {
+      admitted: sum((c) => c.admitted),
+      keyed: sum((c) => c.keyed),
+      slots: sum((c) => c.slots),
+      queued: Math.max(...raws.map((r) => r.check.queued)),
+    },
+    otherCores: raws.reduce((total, r) => total + r.otherCores * r.seconds, 0) / secondsAll,
+  };
+}
+
+/**
+ * This machine may be shared (a neighbour's test run takes cores from PostgreSQL and the clients). The benchmark's own
+ * CPU is this process with its reaped children (pgbench) and the cluster's postmaster with its backends; the machine's
+ * busy time (/proc/stat) minus that is what others used. A cell they disturbed is measured again, twice at most, once
+ * the machine is quiet, within one waiting budget per run (as bench/gateway.ts does).
+ */
+const quietCores = 0.15;
+let waitBudgetMs = 15 * 60_000;
+let postmasterPid = 0;
+
+const ourCpuMs = () => cpuMs([Deno.pid], true) + (postmasterPid ? cpuMs(withChildren(postmasterPid), true) : 0);
+
+/** Runs `work` and tells how many cores processes outside the benchmark used meanwhile. */
+async function watched<T>(work: () => Promise<T>): Promise<[T, number]> {
+  const busyBefore = machineBusyMs();
+  const oursBefore = ourCpuMs();
+  const started = performance.now();
+  const result = await work();
+  const wallMs = performance.now() - started;
+  const other = (machineBusyMs() - busyBefore) - (ourCpuMs() - oursBefore);
+  return [result, Math.max(0, other) / wallMs];
+}
+
+async function waitForQuiet(): Promise<void> {
+  let warned = false;
+  for (;;) {
+    const [, cores] = await watched(() => new Promise((resolve) => setTimeout(resolve, 2000)));
+    waitBudgetMs -= 2000;
+    if (cores < quietCores) return;
+    if (waitBudgetMs <= 0) {
+      progress(`the machine is still busy (${cores.toFixed(2)} cores in use by others); measuring anyway`);
+      return;
+    }
+    if (!warned) progress(`the machine is busy (${cores.toFixed(2)} cores in use by other processes); waiting`);
+    warned = true;
+  }
+}
+
+/** One measurement, again (twice at most) when other processes took more than `quietCores` meanwhile. */
+async function undisturbed(
+  prepare: () => Promise<void>,
+  measure: () => Promise<Raw | undefined>,
+): Promise<Raw | undefined> {
+  let raw: Raw | undefined;
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    await waitForQuiet();
+    await prepare();
+    const [result, otherCores] = await watched(measure);
+    if (!result) return undefined;
+    raw = { ...result, otherCores };
+    if (otherCores < quietCores || waitBudgetMs <= 0) break;
+    progress(`  other processes used ${otherCores.toFixed(2)} cores meanwhile: measuring again`);
+  }
+  return raw;
+}
+
+/**
+ * Every variant of one client and connection count, one after the other (reversed every other round), so that what
+ * drifts during the run (the tables growing, the machine's other work) touches them alike.
+ */
+async function measureCell(
+  admin: Sql,
+  sql: Sql,
+  client: "deno" | "pgbench",
+  connections: number,
+  measure: (variant: Variant) => Promise<Raw | undefined>,
+): Promise<Throughput[]> {
+  const raws = new Map<Variant, Raw[]>(variants.map((v) => [v, []]));
+  for (let round = 0; round < rounds; round++) {
+    for (const variant of round % 2 ? variants.toReversed() : variants) {
+      progress(
+        `throughput from ${client} with ${connections} connection(s), ${variantLabels[variant]}, ${seconds} s` +
+          (rounds > 1 ? ` (round ${round + 1} of ${rounds})` : ""),
+      );
+      const raw = await undisturbed(async () => {
+        await setVariant(sql, variant);
+        // Every row starts from the same state: autovacuum is off during the rows, the tables a pair writes are
+        // vacuumed here (an autovacuum in the middle of one row, not the next, would decide a comparison).
+        await admin.unsafe(`vacuum ${pairTables.join(", ")}`);
+      }, () => measure(variant));
+      if (!raw) return [];
+      if (!checkOk(variant, raw.check)) {
+        progress(`\x1b[31mthe ${variant} cell did not take its path: ${JSON.stringify(raw.check)}\x1b[0m`);
+      }
+      raws.get(variant)!.push(raw);
+    }
+  }
+  const name = client === "deno" ? "Deno (postgres.js)" : "pgbench (C)";
+  return variants.map((variant) => merge(name, variant, connections, raws.get(variant)!));
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -369,26 +627,113 @@ function report(
     lines.push(
       `One pair = \`tollgate.admit\` then \`tollgate.settle\` (two transactions) for a random user of ${users.toLocaleString()} ` +
         `on a tier whose limits are out of reach, against the global budget (a hard cap); ${seconds} s per row after a ` +
-        `2 s warm-up. Latencies in ms. The machine's 1-minute load average just before: ${load.before} ` +
-        `(on ${navigator.hardwareConcurrency} CPUs; anything else running takes cores from these numbers).`,
+        `2 s warm-up (and before the first row, ${seconds + 2} s of unmeasured load and a \`vacuum analyze\`); ` +
+        "autovacuum off meanwhile, the tables a pair writes vacuumed before each row, so that every row starts from " +
+        "the same state" +
+        `${
+          rounds > 1
+            ? `; ${rounds} rounds per row, the variants' order reversed every other round (pairs/s over ` +
+              "their summed time, percentiles over all their samples)"
+            : ""
+        }. ` +
+        `Latencies in ms. The machine's 1-minute load average just before: ${load.before} ` +
+        `(on ${navigator.hardwareConcurrency} CPUs; anything else running takes cores from these numbers). ` +
+        "Other CPU: the cores processes outside the benchmark used during the row (machine busy time from /proc/stat " +
+        "less that of this process, pgbench and PostgreSQL); each measurement waits for a quiet machine, and one they " +
+        `disturbed by more than ${quietCores} cores is taken again, twice at most.`,
+      "",
+    );
+    const describe: Record<Variant, string> = {
+      plain: "no key registered — admission's route read finds none, settlement records no key spend.",
+      key: "one key (`primary`) registered without ceilings, as the function registers its `OPENAI_API_KEY` — " +
+        "admission reads it (`tollgate.key_usable`) and names it in the reservation; settle calls name it in " +
+        "`attempts_detail` and settlement adds the call to the key's daily spend.",
+      inflight: `the same key with max_in_flight ${ceilings.max_in_flight.toLocaleString()}, which no row reaches — ` +
+        "the provider is guarded, so every admission also takes `tollgate.upstream_admission` (works out the " +
+        "key's headroom, counting its calls in flight, and grants) and holds an in-flight slot until settlement.",
+      guarded: `the same key with every ceiling out of reach: max_in_flight ` +
+        `${ceilings.max_in_flight.toLocaleString()}, requests_per_minute ` +
+        `${ceilings.requests_per_minute.toLocaleString()}, tokens_per_minute ` +
+        `${ceilings.tokens_per_minute.toLocaleString()} — as above, and each grant is also counted in the key's ` +
+        "minute counters (a write to its row).",
+    };
+    lines.push(
+      `Each client and connection count is measured in ${variants.length} variants of the \`openai\` provider's ` +
+        "keys, one right after the other (the request's route is openai first). In the queue-on ones nobody waits: " +
+        "they measure the queue's cost when there is no contention for the provider.",
+      "",
+      ...variants.map((v) => `- **${variantLabels[v]}**: ${describe[v]}`),
       "",
     );
     lines.push(
-      "| client | connections | pairs/s | admit p50 | admit p99 | settle p50 | settle p99 | pair p50 | pair p99 | errors |",
+      "| client | connections | provider keys | pairs/s | admit p50 | admit p99 | settle p50 | settle p99 | pair p50 | " +
+        "pair p99 | other CPU | errors |",
     );
-    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    lines.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const t of throughput) {
       lines.push(
-        `| ${t.client} | ${t.connections} | ${Math.round(t.perSecond).toLocaleString()} | ${ms(t.admit?.p50)} | ` +
-          `${ms(t.admit?.p99)} | ${ms(t.settle?.p50)} | ${ms(t.settle?.p99)} | ${ms(t.pair.p50)}` +
-          `${t.client.startsWith("pgbench") ? " (avg)" : ""} | ${ms(t.pair.p99)} | ${t.errors} |`,
+        `| ${t.client} | ${t.connections} | ${variantLabels[t.variant]} | ${
+          Math.round(t.perSecond).toLocaleString()
+        } | ` +
+          `${ms(t.admit?.p50)} | ${ms(t.admit?.p99)} | ${ms(t.settle?.p50)} | ${ms(t.settle?.p99)} | ${
+            ms(t.pair.p50)
+          }` +
+          `${t.client.startsWith("pgbench") ? " (avg)" : ""} | ${ms(t.pair.p99)} | ${t.otherCores.toFixed(2)} | ` +
+          `${t.errors} |`,
       );
     }
-    const best = Math.max(...throughput.map((t) => t.perSecond));
+    const find = (client: string, connections: number, variant: Variant) =>
+      throughput.find((t) => t.client === client && t.connections === connections && t.variant === variant);
+    const pairs = [...new Set(throughput.map((t) => `${t.client}\n${t.connections}`))].map((k) => k.split("\n"));
+    const others = variants.filter((v) => v !== "plain");
+    if (variants.includes("plain") && others.length) {
+      const ratio = (a?: Throughput, b?: Throughput) => a && b ? `${(a.perSecond / b.perSecond).toFixed(2)}×` : "–";
+      lines.push(
+        "",
+        "The same rows as ratios to the plain variant of their client and connection count (throughput: over 1.00× " +
+          "is faster), and admission's p50 in ms, plain → each variant:",
+        "",
+        `| client | connections | plain pairs/s | ${others.map((v) => `${variantShort[v]} / plain`).join(" | ")} | ` +
+          `admit p50: plain → ${others.map((v) => variantShort[v]).join(" / ")} |`,
+        `| --- | ---: | ---: | ${others.map(() => "---:").join(" | ")} | ---: |`,
+      );
+      for (const [client, c] of pairs) {
+        const connections = Number(c);
+        const plain = find(client, connections, "plain");
+        const rows = others.map((v) => find(client, connections, v));
+        const latency = plain?.admit
+          ? `${ms(plain.admit.p50)} → ${rows.map((r) => ms(r?.admit?.p50)).join(" / ")}`
+          : "–";
+        lines.push(
+          `| ${client} | ${connections} | ${plain ? Math.round(plain.perSecond).toLocaleString() : "–"} | ` +
+            `${rows.map((r) => ratio(r, plain)).join(" | ")} | ${latency} |`,
+        );
+      }
+    }
+    const failed = throughput.filter((t) => !checkOk(t.variant, t.check));
+    const guardedRows = throughput.filter((t) => queueOn(t.variant));
+    lines.push(
+      "",
+      `Checked from the reservations (warm-ups included): ` +
+        (guardedRows.length
+          ? `in the queue-on rows ${guardedRows.reduce((s, t) => s + t.check.slots, 0).toLocaleString()} of ` +
+            `${guardedRows.reduce((s, t) => s + t.check.admitted, 0).toLocaleString()} admissions were granted by ` +
+            "`tollgate.upstream_admission` (they hold an in-flight slot), none queued; "
+          : "") +
+        (failed.length
+          ? `**${failed.length} row(s) did not take their variant's path**: ` +
+            failed.map((t) => `${t.client} ${t.connections} ${t.variant} ${JSON.stringify(t.check)}`).join("; ")
+          : "every row took its variant's path") +
+        ".",
+    );
+    const plainRows = throughput.filter((t) => t.variant === "plain");
+    const best = Math.max(...(plainRows.length ? plainRows : throughput).map((t) => t.perSecond));
+    const bestGuarded = guardedRows.length ? Math.max(...guardedRows.map((t) => t.perSecond)) : undefined;
     lines.push(
       "",
       `Goal: at least 3,000 pairs/s on this machine — **${best >= 3000 ? "met" : "not met"}** ` +
-        `(best: ${Math.round(best).toLocaleString()} pairs/s).`,
+        `(best: ${Math.round(best).toLocaleString()} pairs/s${plainRows.length ? " without keys" : ""}` +
+        (bestGuarded !== undefined ? `; ${Math.round(bestGuarded).toLocaleString()} with the queue on` : "") + ").",
       "",
     );
   }
@@ -433,21 +778,35 @@ if (import.meta.main) {
   const sql = postgres(cluster.url, { max: 2, onnotice: () => {} });
   try {
     await applyMigrations(cluster.url);
+    postmasterPid = Number((await Deno.readTextFile(`${dir}/pgdata/postmaster.pid`)).split("\n")[0]);
     const [{ version }] = await sql`select current_setting('server_version') as version`;
     const versions = `PostgreSQL ${version}, postgres.js 3.4.9, Deno ${Deno.version.deno}`;
 
     const ids = await prepareThroughput(admin, sql);
-    const load = { before: await loadAverage() };
     const throughput: Throughput[] = [];
+    if (connectionCounts.length) {
+      // The first cell would otherwise pay for what follows the bulk load (autovacuum, cold caches, the client's JIT).
+      progress("warming up (not measured)");
+      await admin`vacuum analyze`;
+      await denoThroughput(cluster.url, ids, 10, "plain");
+      await admin`vacuum analyze`;
+      await admin`alter system set autovacuum = off`;
+      await admin`select pg_reload_conf()`;
+    }
+    const load = { before: await loadAverage() };
     for (const connections of connectionCounts) {
-      progress(`throughput from Deno with ${connections} connection(s), ${seconds} s`);
-      throughput.push(await denoThroughput(cluster.url, ids, connections));
+      throughput.push(
+        ...await measureCell(admin, sql, "deno", connections, (v) => denoThroughput(cluster.url, ids, connections, v)),
+      );
     }
     for (const connections of connectionCounts) {
-      progress(`throughput from pgbench with ${connections} connection(s), ${seconds} s`);
-      const result = await pgbenchThroughput(cluster.url, connections);
-      if (result) throughput.push(result);
+      throughput.push(
+        ...await measureCell(admin, sql, "pgbench", connections, (v) => pgbenchThroughput(cluster.url, connections, v)),
+      );
     }
+    await setVariant(sql, "plain");
+    await admin`alter system reset autovacuum`;
+    await admin`select pg_reload_conf()`;
 
     const viewTimes: ViewTimes[] = [];
     let generated = 0;

@@ -2,7 +2,16 @@
  * The gateway benchmark's Markdown section: the settings, a table per kind of call, the
  * throughput ratios, the issue's goals each marked met or not as measured, and the memory soak.
  */
-export type TargetName = "direct" | "floor" | "portkey" | "tollgate";
+export type TargetName = "direct" | "floor" | "portkey" | "tollgate" | "tollgate-queue";
+
+/** How a target is named in the tables. */
+const targetLabels: Record<TargetName, string> = {
+  direct: "direct",
+  floor: "floor",
+  portkey: "portkey",
+  tollgate: "tollgate",
+  "tollgate-queue": "tollgate (queue on, no contention)",
+};
 
 /** What the report says about how the numbers were taken. */
 export interface ReportSettings {
@@ -14,6 +23,17 @@ export interface ReportSettings {
   users: number;
   /** Other processes' CPU (cores) above which a cell was measured again. */
   quietCores: number;
+  /** The ceilings the provider keys carry in the queue-on variant. */
+  ceilings: { maxInFlight: number };
+}
+
+/** A Tollgate cell's reservations (warm-up included): did its admissions take the queue's step? */
+export interface UpstreamCheck {
+  admitted: number;
+  /** Naming a provider key. */
+  keyed: number;
+  /** Holding an in-flight slot: granted by tollgate.upstream_admission. */
+  slots: number;
 }
 
 export interface Accounting {
@@ -44,6 +64,8 @@ export interface Cell {
   settleLagMs?: number | null;
   /** Resident memory of the target's process after the cell (MB), when watched. */
   rssMb?: number;
+  /** Tollgate only: what the cell's reservations show about the upstream step. */
+  upstream?: UpstreamCheck;
 }
 
 export interface Soak {
@@ -143,6 +165,16 @@ export function report(
       "settled (the settle lag column).",
   );
   line(
+    `- Tollgate (queue on, no contention): the same function process and users, measured right after the ` +
+      "tollgate row of each cell, with upstream discipline switched on: the provider keys the function registers " +
+      "(`primary` for `OPENAI_API_KEY` and `ANTHROPIC_API_KEY`) carry an in-flight ceiling no cell reaches " +
+      `(max_in_flight ${settings.ceilings.maxInFlight.toLocaleString("en-US")}), so every admission takes ` +
+      "`tollgate.upstream_admission` (calls in flight counted, a grant under the provider's shared lock) and " +
+      "holds an in-flight slot until settlement, and none waits. In the plain tollgate rows the keys are registered " +
+      "without ceilings (as in any deployment): admission reads them and skips that step. Per-minute ceilings " +
+      "serialize admissions on the provider's exclusive lock: the database section measures them.",
+  );
+  line(
     "- Portkey: its Node server uses `@hono/node-server`, pinned to 1.14.1 in bench/portkey: later versions " +
       "make it answer every streamed call with a 500 (`TypeError: immutable`, Portkey-AI/gateway#1389, #1550).",
   );
@@ -170,7 +202,7 @@ export function report(
       const direct = find("direct", stream, concurrency);
       for (const c of cells.filter((c) => c.stream === stream && c.concurrency === concurrency)) {
         const row = [
-          c.target + settleLag(c),
+          targetLabels[c.target] + settleLag(c),
           String(concurrency),
           c.rps.toFixed(0),
           f2(c.p50),
@@ -205,23 +237,40 @@ export function report(
 
   line("### Ratios (throughput)");
   line();
-  line("| | conc. | Tollgate / Portkey | Tollgate / floor | Portkey / floor |");
-  line("|---|---:|---:|---:|---:|");
+  line("| | conc. | Tollgate / Portkey | Tollgate / floor | Portkey / floor | queue on / queue off (Tollgate) |");
+  line("|---|---:|---:|---:|---:|---:|");
   for (const stream of [false, true]) {
     for (const concurrency of settings.concurrencies) {
       const t = find("tollgate", stream, concurrency);
       const p = find("portkey", stream, concurrency);
       const fl = find("floor", stream, concurrency);
+      const q = find("tollgate-queue", stream, concurrency);
       line(
         `| ${stream ? "streamed" : "non-streamed"} | ${concurrency} | ${ratio(t, p)} | ${ratio(t, fl)} | ${
           ratio(p, fl)
-        } |`,
+        } | ${ratio(q, t)} |`,
       );
     }
   }
   line();
+  const queueCells = cells.filter((c) => c.target === "tollgate-queue" && c.upstream);
+  if (queueCells.length) {
+    const admitted = queueCells.reduce((sum, c) => sum + c.upstream!.admitted, 0);
+    const slots = queueCells.reduce((sum, c) => sum + c.upstream!.slots, 0);
+    const plainSlots = cells.filter((c) => c.target === "tollgate" && c.upstream)
+      .reduce((sum, c) => sum + c.upstream!.slots, 0);
+    line(
+      `Queue on / queue off: the throughput of the queue-on row over the tollgate row of the same cell. In the ` +
+        `queue-on cells ${slots} of ${admitted} admissions (warm-ups included) were granted by ` +
+        `\`tollgate.upstream_admission\` (they held an in-flight slot)${slots === admitted ? "" : " — **not all**"}; ` +
+        `in the tollgate cells, ${plainSlots} did.`,
+    );
+    line();
+  }
 
-  line("### Goals (issue 7), as measured in this run");
+  line("### Goals, as measured in this run");
+  line();
+  line("Issue 7's goals, and upstream discipline's: the queue costs close to nothing when there is no contention.");
   line();
   line("| goal | measured | met? |");
   line("|---|---|---|");
@@ -276,6 +325,27 @@ export function report(
         verdict(met)
       } |`,
     );
+  }
+  {
+    // One cell's ratio moves ±15% from run to run on a shared 2-core machine: the goal reads the
+    // geometric mean over the cells, and every cell is shown.
+    const parts: string[] = [];
+    const logs: number[] = [];
+    for (const stream of [false, true]) {
+      for (const concurrency of settings.concurrencies) {
+        const t = find("tollgate", stream, concurrency), q = find("tollgate-queue", stream, concurrency);
+        if (!t || !q) continue;
+        parts.push(`${stream ? "streamed" : "plain"} c=${concurrency}: ${ratio(q, t)}`);
+        logs.push(Math.log(q.rps / t.rps));
+      }
+    }
+    if (parts.length) {
+      const mean = Math.exp(logs.reduce((sum, value) => sum + value, 0) / logs.length);
+      line(
+        `| Upstream discipline: queue-on throughput ≥ 0.95 × queue-off (no contention), geometric mean over the ` +
+          `cells | ${mean.toFixed(2)}× (${parts.join("; ")}) | ${verdict(mean >= 0.95)} |`,
+      );
+    }
   }
   if (soak) {
     const { start, end, slope } = soakTrend(soak);

@@ -7,6 +7,10 @@
  *   floor     bench/floor-proxy.ts, a bare Deno pass-through: the least a Deno gateway costs
  *   portkey   Portkey's open-source gateway (@portkey-ai/gateway on Node), the peer
  *   tollgate  the `ai` function, full path: JWT check, admission, provider call, settlement
+ *   tollgate-queue  the same function with "upstream discipline" switched on for its providers:
+ *             their keys carry an in-flight ceiling no run reaches, so every admission takes
+ *             the queue's step (counts the calls in flight, grants under the provider's shared
+ *             lock) and holds a slot, and none waits: the queue's cost without contention
  *
  * Then a soak: steady mixed load on the Tollgate function process while its resident memory
  * is sampled. Every server and the load generator (bench/load.ts) is its own process, so none
@@ -19,12 +23,21 @@
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { type LoadJob, type LoadResult } from "./load.ts";
-import { type Accounting, type Cell, report, type Soak, soakEvery, type TargetName } from "./gateway-report.ts";
+import {
+  type Accounting,
+  type Cell,
+  report,
+  type Soak,
+  soakEvery,
+  type TargetName,
+  type UpstreamCheck,
+} from "./gateway-report.ts";
 import { cpuMs, machineBusyMs, rssMb, withChildren } from "./proc.ts";
 import { startStack } from "../tests/stack/stack.ts";
 import { startGateway } from "../tests/stack/gateway.ts";
 import { signAccessToken } from "../tests/stack/keys.ts";
 import { freePort } from "../tests/stack/util.ts";
+import { providerKeys } from "../supabase/functions/_shared/providers/keys.ts";
 
 const benchDir = new URL(".", import.meta.url).pathname;
 const providerKey = "local-provider-key";
@@ -39,7 +52,7 @@ const { values: args } = parseArgs({
     out: { type: "string" },
     soak: { type: "string", default: "60" },
     requests: { type: "string", default: "2000" },
-    targets: { type: "string", default: "direct,floor,portkey,tollgate" },
+    targets: { type: "string", default: "direct,floor,portkey,tollgate,tollgate-queue" },
     users: { type: "string", default: "2000" },
   },
 });
@@ -75,6 +88,10 @@ interface Target {
   drain?: () => Promise<number | undefined>;
   /** Resident memory of the target's process (MB), when it is watched. */
   rss?: () => Promise<number>;
+  /** Puts shared state in this target's shape before its warm-up and each of its cells. */
+  prepare?: () => Promise<void>;
+  /** What the reservations made since `since` show about the upstream step (Tollgate). */
+  upstream?: (since: Date) => Promise<UpstreamCheck>;
 }
 
 function requestBody(stream: boolean): string {
@@ -209,6 +226,9 @@ async function waitForQuiet(): Promise<void> {
     warned = true;
   }
 }
+
+/** The queue-on variant's ceilings: far beyond what any cell sends. */
+const ceilings = { maxInFlight: 100_000 };
 
 /** How long one run may wait, in all, for the machine to be quiet. */
 let waitBudgetMs = 15 * 60_000;
@@ -370,20 +390,24 @@ async function main(): Promise<void> {
     }
 
     let tollgate: Awaited<ReturnType<typeof startTollgate>> | undefined;
-    if (targets.includes("tollgate")) {
+    if (targets.includes("tollgate") || targets.includes("tollgate-queue")) {
       tollgate = await startTollgate(`${tempDir}/pgdata`, provider.url);
       stops.push(tollgate.stop);
       versions.postgres = tollgate.postgresVersion;
       const { gateway, postmaster } = tollgate;
-      all.tollgate = {
-        name: "tollgate",
+      const tollgateTarget = (name: "tollgate" | "tollgate-queue"): Target => ({
+        name,
         url: `${gateway.url}/functions/v1/ai/v1/chat/completions`,
         headers: {},
-        tokens: tollgate.tokens,
+        tokens: tollgate!.tokens,
         pids: () => ({ target: [gateway.pid], provider: [provider.pid], postgres: withChildren(postmaster) }),
-        drain: tollgate.drain,
-        rss: () => rssMb(gateway.pid),
-      };
+        drain: tollgate!.drain,
+        prepare: () => tollgate!.ceilings(name === "tollgate-queue"),
+        upstream: tollgate!.upstream,
+      });
+      // One function process serves both: only the keys' ceilings differ, switched before each cell.
+      if (targets.includes("tollgate")) all.tollgate = { ...tollgateTarget("tollgate"), rss: () => rssMb(gateway.pid) };
+      if (targets.includes("tollgate-queue")) all["tollgate-queue"] = tollgateTarget("tollgate-queue");
     }
 
     // Cells: plain then streamed; for each concurrency, every target one after the other, so
@@ -393,6 +417,7 @@ async function main(): Promise<void> {
     await waitForQuiet();
     for (const target of Object.values(all)) {
       say(`${target.name}: warm-up round (2,000 requests, not measured)`);
+      await target.prepare?.();
       for (const stream of [false, true]) {
         await load(jobFor(target, stream, 10, { warmup: 0, requests: 1000 }), 5 * 60_000);
         await target.drain?.();
@@ -432,6 +457,7 @@ async function main(): Promise<void> {
           words: settings.words,
           users: settings.users,
           quietCores,
+          ceilings,
         },
         cells,
         soak,
@@ -454,9 +480,11 @@ async function main(): Promise<void> {
 async function measure(target: Target, stream: boolean, concurrency: number): Promise<Cell> {
   const cpuNow = () => Object.fromEntries(Object.entries(target.pids()).map(([k, pids]) => [k, cpuMs(pids, true)]));
   let cell: Cell | undefined;
+  await target.prepare?.();
   for (let attempt = 1; attempt <= 3; attempt++) {
     let cpuBefore: Record<string, number> = {};
     let busyBefore = 0;
+    const since = new Date();
     const result = await load(jobFor(target, stream, concurrency), 10 * 60_000, () => {
       cpuBefore = cpuNow();
       busyBefore = machineBusyMs();
@@ -466,6 +494,7 @@ async function measure(target: Target, stream: boolean, concurrency: number): Pr
     cell = summarize(target.name, stream, concurrency, result, cpu, busy);
     // Deferred work must not spill into the next measurement.
     if (target.drain) cell.settleLagMs = (await target.drain()) ?? null;
+    if (target.upstream) cell.upstream = await target.upstream(since);
     if (target.rss) cell.rssMb = await target.rss();
     // CPU times tick in 10 ms steps: on a cell shorter than a second that alone looks like noise.
     if (cell.otherCores < quietCores || cell.otherCores * cell.wallMs < 100 || waitBudgetMs <= 0) break;
@@ -530,6 +559,17 @@ async function startTollgate(dataDir: string, providerUrl: string) {
     const tokens = await Promise.all(
       ids.map((sub) => signAccessToken(stack.signingKey, stack.supabaseUrl, { sub, expiresIn: 6 * 3600 })),
     );
+    // The provider keys as the function registers them on its first call (label, fingerprint of
+    // the key, position), registered up front so that every cell starts with them.
+    const keys = ["openai", "anthropic"].flatMap((p) =>
+      providerKeys(p, stack.functionEnv).map(({ label, fingerprint, position }) => ({
+        provider: p,
+        label,
+        fingerprint,
+        position,
+      }))
+    );
+    await admin`select tollgate.register_provider_keys(${admin.json(keys)})`;
 
     return {
       gateway,
@@ -538,6 +578,25 @@ async function startTollgate(dataDir: string, providerUrl: string) {
       freshMb,
       postgresVersion: version as string,
       stop,
+      /**
+       * Queue on: every key of the function's providers gets ceilings no run reaches, so each
+       * admission takes the upstream step and none waits. Queue off: no ceilings (the keys stay
+       * registered, as they are in any deployment of the function).
+       */
+      async ceilings(on: boolean): Promise<void> {
+        const c = on ? ceilings : { maxInFlight: null };
+        await admin`
+          update tollgate.provider_keys
+          set max_in_flight = ${c.maxInFlight}`;
+      },
+      /** Reservations made since `since`: how many took the queue's step, how many named a key. */
+      async upstream(since: Date): Promise<UpstreamCheck> {
+        const [row] = await admin`
+          select count(*)::int as admitted, count(provider_key)::int as keyed,
+            count(*) filter (where holds_upstream_slot)::int as slots
+          from public.api_usage where created_at >= ${since}`;
+        return row as unknown as UpstreamCheck;
+      },
       /**
        * Waits until no reservation is left unsettled; returns how long that took (ms), or
        * undefined when some were still open after 30 s (reported, not fatal: it is a finding).
@@ -573,6 +632,7 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
   const seconds = settings.soakSeconds;
   const every = soakEvery(seconds);
   say(`soak: ${seconds} s of steady load on the function process (RSS every ${every} s)`);
+  await target.prepare?.();
   const pid = tollgate.gateway.pid;
   const beforeMb = await rssMb(pid);
   const samples = [{ at: 0, mb: beforeMb }];

@@ -9,7 +9,9 @@
  *
  * Options: --soak <s> (gateway memory soak, default 60; the issue's test is 600)
  *          --requests <n> (gateway requests per cell at concurrency 10 and 50, default 2000)
- *          --targets <list> (gateway targets, default direct,floor,portkey,tollgate)
+ *          --targets <list> (gateway targets, default direct,floor,portkey,tollgate,tollgate-queue)
+ *          --seconds <s>, --sizes <list>, --rounds <n> (db: seconds per throughput cell, default 10;
+ *          ai_api_calls sizes for the views, default 1000000, "" for none; rounds per cell, default 1)
  *          --only <section> (gateway or db)   --out <file> (default bench/RESULTS.md)
  */
 import { parseArgs } from "node:util";
@@ -22,6 +24,9 @@ const { values: args } = parseArgs({
     soak: { type: "string" },
     requests: { type: "string" },
     targets: { type: "string" },
+    seconds: { type: "string" },
+    sizes: { type: "string" },
+    rounds: { type: "string" },
     only: { type: "string" },
     out: { type: "string", default: `${benchDir}RESULTS.md` },
   },
@@ -38,7 +43,14 @@ const sections: { name: string; args: string[] }[] = [
       ...(args.targets ? ["--targets", args.targets] : []),
     ],
   },
-  { name: "db", args: [] },
+  {
+    name: "db",
+    args: [
+      ...(args.seconds ? ["--seconds", args.seconds] : []),
+      ...(args.sizes !== undefined ? ["--sizes", args.sizes] : []),
+      ...(args.rounds ? ["--rounds", args.rounds] : []),
+    ],
+  },
 ];
 
 async function exists(path: string): Promise<boolean> {

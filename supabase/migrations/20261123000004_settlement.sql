@@ -667,9 +667,21 @@ begin
   then
     perform tollgate.record_attempts(v_call.attempts_detail, v_now);
   end if;
-  -- Provider keys: spend, low headroom, 429 streaks, refused keys (upstream migration).
-  if v_provider_key is not null or jsonb_path_exists(v_call.attempts_detail, '$[*] ? (@.key.type() == "string")') then
-    perform tollgate.record_upstream(v_new, v_call.attempts_detail, v_now);
+  -- Provider keys (the upstream migration): a refused key, or rate-limit headers that
+  -- are low (or clear a low record). Usually neither: one read, no write.
+  if jsonb_path_exists(v_call.attempts_detail,
+      '$[*] ? (@.key.type() == "string" && (@.status == 401 || @.status == 403
+        || @.ratelimit.remaining_requests * 100 <= @.ratelimit.limit_requests * $low
+        || @.ratelimit.remaining_tokens * 100 <= @.ratelimit.limit_tokens * $low
+        || @.ratelimit.remaining_requests == 0 || @.ratelimit.remaining_tokens == 0))',
+      jsonb_build_object('low', (select s.low_headroom_percent from tollgate.upstream_settings as s)), true)
+    or exists (
+      select from tollgate.provider_keys as k
+      join jsonb_array_elements(v_call.attempts_detail) as a
+        on k.provider = a.value ->> 'provider' and k.label = a.value ->> 'key'
+      where k.observed_at is not null)
+  then
+    perform tollgate.record_upstream(v_call.attempts_detail, v_now);
   end if;
 
   if v_late then
@@ -712,6 +724,20 @@ begin
             calls = t.calls + 1,
             updated_at = excluded.updated_at;
     end loop;
+  end if;
+
+  -- The key's daily spend (a late correction adds it here: expiry never charged a key).
+  if v_provider_key is not null then
+    insert into tollgate.provider_key_usage_daily as d (
+      provider, label, day, shard, calls, input_tokens, output_tokens, cost_usd, updated_at)
+    values (v_call.provider, v_provider_key, (v_new.created_at at time zone 'UTC')::date, pg_backend_pid() % 16, 1,
+      v_input, v_output, v_cost, v_now)
+    on conflict (provider, label, day, shard) do update
+      set calls = d.calls + 1,
+          input_tokens = d.input_tokens + excluded.input_tokens,
+          output_tokens = d.output_tokens + excluded.output_tokens,
+          cost_usd = d.cost_usd + excluded.cost_usd,
+          updated_at = excluded.updated_at;
   end if;
 
   return jsonb_build_object('settled', true, 'duplicate', false, 'late', v_late, 'request_id', v_call.request_id,

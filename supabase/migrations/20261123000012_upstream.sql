@@ -39,12 +39,16 @@
 -- key's recorded headroom is the last LOW report of any model on it, which errs on
 -- the side of holding back.
 --
--- EXACT CEILINGS. Grants on a guarded provider serialize on its key rows (locked,
--- by label, for the rest of admit()'s transaction); a call holds a slot for as long
--- as its api_usage row is `reserved` with holds_upstream_slot, so in flight is a
--- count that settlement, expiry and a refused admission's undo all keep exact
--- without touching the key. Concurrency cannot start more than max_in_flight.
--- Lock order: provider_health, provider_keys (by provider, label), then admit()'s.
+-- EXACT CEILINGS. Near a limit, grants on a provider serialize on an exclusive
+-- advisory lock of the provider, held to admit()'s commit; far from every limit they
+-- share it (see upstream_admission for why that is still exact). A call holds a slot
+-- for as long as its api_usage row is `reserved` with holds_upstream_slot, so in
+-- flight is a count that settlement, expiry and a refused admission's undo all keep
+-- exact without touching the key. Concurrency cannot start more than max_in_flight.
+-- (Recorded headers are the provider's estimate, not a ceiling: grants made under
+-- the shared lock do not count against them; the next response's headers do.)
+-- Lock order: the user's lock, the provider's lock, provider_keys rows, then the
+-- rest of admit()'s.
 -- ============================================================================
 
 -- ----------------------------------------------------------------------------
@@ -354,6 +358,50 @@ comment on function tollgate.key_usable(tollgate.provider_keys, timestamptz) is
 revoke all on function tollgate.key_usable(tollgate.provider_keys, timestamptz) from public, anon, authenticated;
 
 -- ----------------------------------------------------------------------------
+-- tollgate.provider_room(provider, estimated_tokens, at): a provider's headroom now
+-- ----------------------------------------------------------------------------
+-- free: calls its usable keys can start in all; best_key: the key with the most room
+-- (first by position on a tie), and whether a call on it holds an in-flight slot;
+-- roomy: that key is farther from its limits than there are database connections and
+-- counts no per-minute ceiling (see upstream_admission).
+create function tollgate.provider_room(
+  provider text,
+  estimated_tokens integer,
+  at timestamptz,
+  out free bigint,
+  out best_key text,
+  out best_holds_slot boolean,
+  out roomy boolean
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  with headroom as (
+    select k.label, k.position, k.max_in_flight is not null as slot,
+      k.requests_per_minute is not null or k.tokens_per_minute is not null as counted,
+      tollgate.key_headroom(k,
+        case when k.max_in_flight is not null then tollgate.key_in_flight(k.provider, k.label) else 0 end,
+        estimated_tokens, at) as room
+    from tollgate.provider_keys as k
+    where k.provider = provider_room.provider and tollgate.key_usable(k, at)
+  ),
+  best as (
+    select h.* from headroom as h where h.room > 0 order by h.room desc, h.position limit 1
+  )
+  select coalesce((select sum(h.room) from headroom as h), 0), b.label, b.slot,
+    coalesce(not b.counted and b.room >= current_setting('max_connections')::integer, false)
+  into free, best_key, best_holds_slot, roomy
+  from (select) as one
+  left join best as b on true;
+end;
+$$;
+comment on function tollgate.provider_room(text, integer, timestamptz) is
+  'Internal: a provider''s headroom over its usable keys, its roomiest key, and whether that key is far enough from its limits for a grant without the exclusive lock.';
+revoke all on function tollgate.provider_room(text, integer, timestamptz) from public, anon, authenticated;
+
+-- ----------------------------------------------------------------------------
 -- tollgate.upstream_admission(...): grant, queue, shed or time out — admit()'s
 -- step for a guarded provider
 -- ----------------------------------------------------------------------------
@@ -383,6 +431,8 @@ declare
   v_my_rank integer;
   v_ahead integer;
   v_depth integer;
+  v_lock bigint;
+  v_room record;
   v_free bigint;
   v_key text;
   v_slot boolean;
@@ -407,26 +457,35 @@ begin
     and q.request_id <> upstream_admission.request_id
     and q.last_seen_at > at - make_interval(secs => v_settings.queue_ticket_ttl_seconds);
 
-  -- Grants on this provider serialize here, until admit() commits; the statements
-  -- after the lock see every grant committed before it (READ COMMITTED).
-  perform from tollgate.provider_keys as k
-  where k.provider = upstream_admission.provider
-  order by k.label
-  for update;
-
-  with headroom as (
-    select k.label, k.position, k.max_in_flight is not null as slot,
-      tollgate.key_headroom(k,
-        case when k.max_in_flight is not null then tollgate.key_in_flight(k.provider, k.label) else 0 end,
-        estimated_tokens, at) as free
-    from tollgate.provider_keys as k
-    where k.provider = upstream_admission.provider and tollgate.key_usable(k, at)
-  )
-  select
-    coalesce((select sum(h.free) from headroom as h), 0),
-    (select h.label from headroom as h where h.free > 0 order by h.free desc, h.position limit 1),
-    (select h.slot from headroom as h where h.free > 0 order by h.free desc, h.position limit 1)
-  into v_free, v_key, v_slot;
+  -- Far from every limit, grants need not wait for each other. With nobody waiting and
+  -- a key farther from its limits than there are database connections (each of which
+  -- could be granting at this instant without seeing the others), no interleaving of
+  -- such grants can pass a ceiling: they hold the provider's lock in SHARE mode, read
+  -- again under it, and write nothing — the queue's cost without contention. Every
+  -- other grant takes the lock EXCLUSIVE, so it runs alone and sees every grant
+  -- committed before it (READ COMMITTED). Per-minute ceilings count each grant, so they
+  -- always go the exclusive way. A shared holder never asks for the exclusive lock (two
+  -- such upgrades would deadlock): should its second read find less room, it waits in
+  -- the queue for one poll instead.
+  v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
+  select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+  if v_depth = 0 and v_room.roomy then
+    perform pg_advisory_xact_lock_shared(v_lock);
+    select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+    if v_room.roomy then
+      if v_ticket.request_id is not null then
+        delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
+      end if;
+      return jsonb_build_object('decision', 'go', 'key', v_room.best_key, 'holds_slot', v_room.best_holds_slot);
+    end if;
+    v_free := 0; -- less room than it seemed: one poll in the queue (see above)
+  else
+    perform pg_advisory_xact_lock(v_lock);
+    select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+    v_free := v_room.free;
+  end if;
+  v_key := v_room.best_key;
+  v_slot := v_room.best_holds_slot;
 
   if v_ahead < v_free then
     -- Our turn. The minute counters feed the per-minute ceilings; the "since
@@ -583,16 +642,14 @@ revoke all on function tollgate.revive_provider_key(text, text) from public, ano
 grant execute on function tollgate.revive_provider_key(text, text) to service_role;
 
 -- ----------------------------------------------------------------------------
--- tollgate.record_upstream(call, attempts, at): settlement's part
+-- tollgate.record_upstream(attempts, at): settlement's part
 -- ----------------------------------------------------------------------------
--- Adds the call to its key's daily spend and applies what the attempts tell about
--- their keys: low rate-limit headers, a refused key (dead + alert). Key rows are written only when something changed, in (provider, label)
--- order (the lock order).
-create function tollgate.record_upstream(
-  call public.ai_api_calls,
-  attempts jsonb,
-  at timestamptz
-)
+-- Applies what a settled call's attempts tell about their keys: refused (dead +
+-- alert), low rate-limit headers (recorded; a healthy report clears a low record).
+-- settle() calls it only when an attempt says something of the kind (see there);
+-- key rows are written in (provider, label) order, the lock order. (The key's daily
+-- spend is settle()'s own upsert.)
+create function tollgate.record_upstream(attempts jsonb, at timestamptz)
 returns void
 language plpgsql
 volatile
@@ -663,24 +720,11 @@ begin
         and (k.observed_at is null or v_attempt.seen_at > k.observed_at);
     end if;
   end loop;
-
-  if call.provider_key is not null then
-    insert into tollgate.provider_key_usage_daily as d (
-      provider, label, day, shard, calls, input_tokens, output_tokens, cost_usd, updated_at)
-    values (call.provider, call.provider_key, (call.created_at at time zone 'UTC')::date, pg_backend_pid() % 16, 1,
-      call.input_tokens, call.output_tokens, call.estimated_cost, at)
-    on conflict (provider, label, day, shard) do update
-      set calls = d.calls + 1,
-          input_tokens = d.input_tokens + excluded.input_tokens,
-          output_tokens = d.output_tokens + excluded.output_tokens,
-          cost_usd = d.cost_usd + excluded.cost_usd,
-          updated_at = excluded.updated_at;
-  end if;
 end;
 $$;
-comment on function tollgate.record_upstream(public.ai_api_calls, jsonb, timestamptz) is
-  'Internal: settlement''s upstream bookkeeping — adds key spend, records low rate-limit headers and refused keys. Called by settle().';
-revoke all on function tollgate.record_upstream(public.ai_api_calls, jsonb, timestamptz)
+comment on function tollgate.record_upstream(jsonb, timestamptz) is
+  'Internal: what a settled call''s attempts tell about their keys — refused (dead + alert), low rate-limit headers recorded (or a low record cleared). Called by settle() when there is something to record.';
+revoke all on function tollgate.record_upstream(jsonb, timestamptz)
   from public, anon, authenticated;
 
 -- ----------------------------------------------------------------------------

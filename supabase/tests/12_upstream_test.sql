@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(142);
+select plan(149);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -367,6 +367,29 @@ select results_eq(
   $$values (pg_temp.at(360), 1, 2)$$,
   'the grant moved the window on: 1 this minute, 2 the previous one');
 
+-- Far from every limit (more room than there are database connections), grants share
+-- the provider's lock and write nothing; a per-minute ceiling always counts.
+select is(tollgate.register_provider_keys(
+  '[{"provider": "pgtap-up-roomy", "label": "primary", "fingerprint": "sha256:00000000000000d2", "position": 1}]'), 1,
+  'a provider with a generous in-flight ceiling');
+update tollgate.provider_keys set max_in_flight = 100000 where provider = 'pgtap-up-roomy';
+select is((select array[r.roomy::text, r.best_key, r.best_holds_slot::text]
+    from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(400)) as r),
+  array['true', 'primary', 'true'], 'its key is roomy, and a call on it holds a slot');
+select is(pg_temp.up(51, 'normal', 400, 'pgtap-up-roomy'), '{"decision": "go", "key": "primary", "holds_slot": true}'::jsonb,
+  'granted on the shared lock');
+select results_eq(
+  $$select minute_start, minute_requests, requests_since_observed from tollgate.provider_keys
+    where provider = 'pgtap-up-roomy'$$,
+  $$values (null::timestamptz, 0, 0)$$,
+  'without writing the key');
+update tollgate.provider_keys set requests_per_minute = 100000000 where provider = 'pgtap-up-roomy';
+select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(401)) as r), false,
+  'with a per-minute ceiling it is not roomy: grants are counted');
+select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
+select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 1,
+  'and counted in the minute');
+
 -- ----------------------------------------------------------------------------
 -- tollgate.admit end to end: a provider with one key under max_in_flight = 1
 -- ----------------------------------------------------------------------------
@@ -641,7 +664,7 @@ from unnest(array['anon', 'authenticated']) as r (role)
 cross join unnest(array['tollgate.register_provider_keys(jsonb)', 'tollgate.revive_provider_key(text,text)',
   'tollgate.leave_queue(uuid)', 'tollgate.check_provider_keys(timestamptz)',
   'tollgate.upstream_admission(uuid,uuid,text,text,integer,timestamptz)',
-  'tollgate.record_upstream(public.ai_api_calls,jsonb,timestamptz)',
+  'tollgate.record_upstream(jsonb,timestamptz)', 'tollgate.provider_room(text,integer,timestamptz)',
   'tollgate.key_headroom(tollgate.provider_keys,bigint,integer,timestamptz)',
   'tollgate.key_usable(tollgate.provider_keys,timestamptz)', 'tollgate.key_in_flight(text,text)']) as f (fn);
 select ok(not bool_or(has_table_privilege(r.role, c.rel, 'select')),

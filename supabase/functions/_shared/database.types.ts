@@ -1539,20 +1539,14 @@ export type Database = {
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
+      "provider_room": {
+        Args: { "at": string; "estimated_tokens": number; "provider": string };
+        Returns: Record<string, unknown>;
+      };
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
-      "record_upstream": {
-        Args: {
-          "at": string;
-          "attempts": Json;
-          "call": Omit<
-            Database["public"]["Tables"]["ai_api_calls"]["Row"],
-            Database["public"]["Tables"]["ai_api_calls"]["ComputedFields"]
-          >;
-        };
-        Returns: undefined;
-      };
+      "record_upstream": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "register_provider_keys": { Args: { "keys": Json }; Returns: number };
       "revive_provider_key": { Args: { "label": string; "provider": string }; Returns: boolean };
       "settle": { Args: { "call": Json }; Returns: Json };

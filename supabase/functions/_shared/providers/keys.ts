@@ -63,20 +63,3 @@ export function providerKeys(provider: string, env: Record<string, string | unde
   found.sort((a, b) => sortKey(a.label) < sortKey(b.label) ? -1 : 1);
   return found.map(({ label, secret }, index) => new ProviderKey(provider, label, secret, index + 1));
 }
-
-const keyVariable = /^([A-Z0-9][A-Z0-9_]*?)_API_KEY(?:_[A-Z0-9_]{1,32})?$/;
-
-/**
- * Every provider's keys found in the environment, grouped by provider in name order. A provider
- * is named by its variables' prefix, lower-cased (`GROQ_API_KEY` → `groq`): a name with `-` or
- * `.` shows up in its `_` spelling, which `providerKeys` with the real name reads the same way.
- * Whether a provider is usable (e.g. has a base URL) is the registry's call, not this list's.
- */
-export function allProviderKeys(env: Record<string, string | undefined>): ProviderKey[] {
-  const providers = new Set<string>();
-  for (const [name, secret] of Object.entries(env)) {
-    const match = secret ? keyVariable.exec(name) : null;
-    if (match) providers.add(match[1].toLowerCase());
-  }
-  return [...providers].sort().flatMap((provider) => providerKeys(provider, env));
-}

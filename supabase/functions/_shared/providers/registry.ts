@@ -20,20 +20,6 @@ export interface ProviderEndpoint {
   keyLabel: string;
 }
 
-/**
- * The provider's endpoint with the key labelled `keyLabel`, or with its first key when no label
- * is given or that label is not configured here (`keyLabel` of the answer says which);
- * undefined when the provider is not configured.
- */
-export function providerEndpoint(
-  name: string,
-  env: Record<string, string | undefined>,
-  keyLabel?: string | null,
-): ProviderEndpoint | undefined {
-  const endpoints = providerEndpoints(name, env);
-  return endpoints.find((endpoint) => endpoint.keyLabel === keyLabel) ?? endpoints[0];
-}
-
 /** The provider's endpoint once per configured key, in the keys' order; empty when unusable. */
 export function providerEndpoints(name: string, env: Record<string, string | undefined>): ProviderEndpoint[] {
   const base = baseUrl(name, env);
