@@ -77,6 +77,28 @@ async function registerKeys(token: string, model: string, providerName: string):
   throw new Error(`the ${providerName} keys were never registered`);
 }
 
+/**
+ * A user and a model of their own on `providerName`, whose key takes `maxInFlight` calls at once
+ * (routed on to the cheaper model's provider when the queue is deep, if `cheaper` names one).
+ */
+async function slottedProvider(providerName: string, maxInFlight: number, cheaper?: { provider: string }) {
+  const user = await createUser({ tier });
+  const model = await routeTo(providerName, cheaper);
+  await registerKeys(user.token, model, providerName);
+  await admin`update tollgate.provider_keys set max_in_flight = ${maxInFlight} where provider = ${providerName}`;
+  return { user, model };
+}
+
+/** A feature of each priority, by priority. */
+async function featuresOfEveryPriority() {
+  return {
+    critical: await createFeature(admin, { priority: "critical" }),
+    normal: await createFeature(admin, { priority: "normal" }),
+    batch: await createFeature(admin, { priority: "batch" }),
+    background: await createFeature(admin, { priority: "background" }),
+  };
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Requests that reached the stand-in for `model`, in arrival order. */
@@ -122,10 +144,7 @@ integration("upstream: rate-limit headers that shrink to zero make admission wai
 });
 
 integration("upstream: concurrency cannot start more calls than a key's max_in_flight", async () => {
-  const user = await createUser({ tier });
-  const model = await routeTo("upceil");
-  await registerKeys(user.token, model, "upceil");
-  await admin`update tollgate.provider_keys set max_in_flight = 2 where provider = 'upceil'`;
+  const { user, model } = await slottedProvider("upceil", 2);
 
   let peak = 0;
   let sampling = true;
@@ -151,16 +170,8 @@ integration("upstream: concurrency cannot start more calls than a key's max_in_f
 integration(
   "upstream: under contention, priorities come out in order (critical, normal, batch, background)",
   async () => {
-    const user = await createUser({ tier });
-    const model = await routeTo("upprio");
-    await registerKeys(user.token, model, "upprio");
-    await admin`update tollgate.provider_keys set max_in_flight = 1 where provider = 'upprio'`;
-    const features = {
-      critical: await createFeature(admin, { priority: "critical" }),
-      normal: await createFeature(admin, { priority: "normal" }),
-      batch: await createFeature(admin, { priority: "batch" }),
-      background: await createFeature(admin, { priority: "background" }),
-    };
+    const { user, model } = await slottedProvider("upprio", 1);
+    const features = await featuresOfEveryPriority();
 
     // The slot is taken; then the others arrive, lowest priority first.
     const blocker = chat(user.token, model, prompt("blocker", "words=1 latency_ms=1200"));
@@ -185,10 +196,7 @@ integration(
 );
 
 integration("upstream: with aging, a background request still runs while critical work keeps arriving", async () => {
-  const user = await createUser({ tier });
-  const model = await routeTo("upage");
-  await registerKeys(user.token, model, "upage");
-  await admin`update tollgate.provider_keys set max_in_flight = 1 where provider = 'upage'`;
+  const { user, model } = await slottedProvider("upage", 1);
   const critical = await createFeature(admin, { priority: "critical" });
   const background = await createFeature(admin, { priority: "background" });
   const [{ queue_aging_seconds: aging }] = await admin`select queue_aging_seconds from tollgate.upstream_settings`;
@@ -223,16 +231,8 @@ integration("upstream: with aging, a background request still runs while critica
 integration(
   "upstream: load shedding drops background, then batch, then downgrades normal; critical waits",
   async () => {
-    const user = await createUser({ tier });
-    const model = await routeTo("upshed", { provider: "upcheap" });
-    await registerKeys(user.token, model, "upshed");
-    await admin`update tollgate.provider_keys set max_in_flight = 1 where provider = 'upshed'`;
-    const features = {
-      critical: await createFeature(admin, { priority: "critical" }),
-      normal: await createFeature(admin, { priority: "normal" }),
-      batch: await createFeature(admin, { priority: "batch" }),
-      background: await createFeature(admin, { priority: "background" }),
-    };
+    const { user, model } = await slottedProvider("upshed", 1, { provider: "upcheap" });
+    const features = await featuresOfEveryPriority();
     const saved = await admin`select priority, shed_queue_depth from tollgate.priority_classes`;
     await admin`update tollgate.priority_classes set shed_queue_depth = case priority
     when 'background' then 1 when 'batch' then 2 when 'normal' then 3 end`;
@@ -286,10 +286,7 @@ integration(
 integration(
   "upstream: past its longest wait, a request gets 429 queue_timeout with an honest Retry-After",
   async () => {
-    const user = await createUser({ tier });
-    const model = await routeTo("upwait");
-    await registerKeys(user.token, model, "upwait");
-    await admin`update tollgate.provider_keys set max_in_flight = 1 where provider = 'upwait'`;
+    const { user, model } = await slottedProvider("upwait", 1);
     const critical = await createFeature(admin, { priority: "critical" });
     const [{ max_wait_seconds: saved }] = await admin`
     select max_wait_seconds from tollgate.priority_classes where priority = 'critical'`;
@@ -312,10 +309,7 @@ integration(
 );
 
 integration("upstream: a caller that disconnects while waiting leaves the queue at once", async () => {
-  const user = await createUser({ tier });
-  const model = await routeTo("upgone");
-  await registerKeys(user.token, model, "upgone");
-  await admin`update tollgate.provider_keys set max_in_flight = 1 where provider = 'upgone'`;
+  const { user, model } = await slottedProvider("upgone", 1);
   const blocker = chat(user.token, model, prompt("blocker", "words=1 latency_ms=2000"));
   await sleep(200);
   const abort = new AbortController();
