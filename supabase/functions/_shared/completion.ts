@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Caller } from "./auth.ts";
-import { type Answer, type CallPlan, dispatch, DispatchFailure, type Timeouts } from "./dispatch.ts";
+import { type Answer, type CallPlan, clientGone, dispatch, DispatchFailure, sleep, type Timeouts } from "./dispatch.ts";
 import { errorResponse, GatewayError, type WireFormat } from "./errors.ts";
 import type { Context } from "./gateway.ts";
 import { limitHeaders, readJson } from "./http.ts";
@@ -155,30 +155,16 @@ async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal
       inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
       return { ...admission, code: "queue_timeout", message: "No provider capacity freed up in time. Try again." };
     }
-    if (!(await pause(admission.queue.poll_after_ms, signal))) {
+    await sleep(admission.queue.poll_after_ms, signal);
+    if (signal.aborted) {
       inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
-      throw new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
+      throw clientGone();
     }
   }
 }
 
 const logQueueError = (error: unknown) =>
   console.warn(`leaving the provider queue failed: ${error instanceof Error ? error.message : error}`);
-
-/** Waits `ms`; false when the client went away first. */
-function pause(ms: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => done(true), ms);
-    const onAbort = () => done(false);
-    signal.addEventListener("abort", onAbort, { once: true });
-    function done(waited: boolean) {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", onAbort);
-      resolve(waited);
-    }
-  });
-}
 
 function rejection(admission: Admission): GatewayError {
   const status = admission.code === "unknown_feature" || admission.code === "invalid_request"

@@ -266,9 +266,12 @@ function upstreamRejected(status: number, detail: string): GatewayError {
   });
 }
 
-const clientGone = () => new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
+export const clientGone = () =>
+  new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Waits `ms`, or less when `signal` aborts first. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
