@@ -530,7 +530,9 @@ begin
             or (pk.observed_at is not null and (pk.requests_reset_at > v_now or pk.tokens_reset_at > v_now))))
             as guarded
         from (
-          select k2.*, tollgate.key_usable(k2, v_now) as usable
+          -- key_usable() decides; a key with no expiry and no budget needs no call.
+          select k2.*, case when k2.expires_on is null and k2.daily_budget_usd is null then k2.state = 'active'
+              else tollgate.key_usable(k2, v_now) end as usable
           from tollgate.provider_keys as k2
           where k2.provider = r.provider
         ) as pk
