@@ -98,8 +98,9 @@
 --     serialize. Settlements never touch that row (they add to per-session shards
 --     of budget_settlements), and a multi-row alternative (slicing the budget) would
 --     need rebalancing under locks to stay exact.
---   * per provider, only when it is guarded (a ceiling, low headroom): its key
---     rows, locked by tollgate.upstream_admission() until the commit.
+--   * per provider, only when it is guarded (a ceiling, low headroom): an advisory
+--     lock of the provider, taken by tollgate.upstream_admission() until the commit
+--     (shared far from every ceiling, exclusive near one).
 --   Lock order everywhere (admit, settle, expiry): the api_usage row, then
 --   provider_health rows, provider_keys rows, user_usage_daily rows, usage_daily
 --   rows, budget rows (by budget id) — so no two of them can deadlock.
