@@ -540,6 +540,9 @@ async function startTollgate(dataDir: string, providerUrl: string) {
         insert into tollgate.tier_windows (tier, name, window_seconds, max_requests)
         values ('bench', 'minute', 60, 1000000000), ('bench', 'hour', 3600, 1000000000)`;
     });
+    // The budget guard's jobs run on this stack as on a real one, and a benchmark's burst of spend
+    // would trip its spend breaker (3× a baseline it never had time to build): not what this measures.
+    await admin`update tollgate.guard_settings set anomaly_min_usd_per_hour = 1000000, throttle_percent = null`;
     const ids = Array.from(
       { length: settings.users },
       (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`,
