@@ -668,7 +668,8 @@ begin
     perform tollgate.record_attempts(v_call.attempts_detail, v_now);
   end if;
   -- Provider keys (the upstream migration): a refused key, or rate-limit headers that
-  -- are low (or clear a low record). Usually neither: one read, no write.
+  -- are low (record_upstream's `low`, tested here in jsonpath) or clear a low record.
+  -- Usually neither: one read, no write.
   if jsonb_path_exists(v_call.attempts_detail,
       '$[*] ? (@.key.type() == "string" && (@.status == 401 || @.status == 403
         || @.ratelimit.remaining_requests * 100 <= @.ratelimit.limit_requests * $low

@@ -663,10 +663,18 @@ begin
   select * into v_settings from tollgate.upstream_settings;
 
   for v_attempt in
-    select a.value ->> 'provider' as provider, a.value ->> 'key' as label, (a.value ->> 'ok')::boolean as ok,
-      (a.value ->> 'status')::integer as status, (a.value ->> 'at')::timestamptz as seen_at,
-      a.value -> 'ratelimit' as limits
+    select a.value ->> 'provider' as provider, a.value ->> 'key' as label, (a.value ->> 'status')::integer as status,
+      (a.value ->> 'at')::timestamptz as seen_at, r.*,
+      jsonb_typeof(a.value -> 'ratelimit') = 'object' as reported,
+      -- Low: at or under low_headroom_percent of the limit, or nothing left (limit unknown).
+      coalesce(r.remaining_requests * 100 <= r.limit_requests * v_settings.low_headroom_percent
+        or r.remaining_tokens * 100 <= r.limit_tokens * v_settings.low_headroom_percent
+        or r.remaining_requests = 0 or r.remaining_tokens = 0, false) as low
     from jsonb_array_elements(attempts) with ordinality as a
+    cross join lateral jsonb_to_record(
+      case when jsonb_typeof(a.value -> 'ratelimit') = 'object' then a.value -> 'ratelimit' end) as r (
+        limit_requests numeric, remaining_requests numeric, reset_requests_ms numeric,
+        limit_tokens numeric, remaining_tokens numeric, reset_tokens_ms numeric)
     where a.value ->> 'key' is not null
     order by 1, 2, a.ordinality
   loop
@@ -691,30 +699,19 @@ begin
     end if;
 
     -- Headers: recorded when low (or to clear a low record), newest observation wins.
-    if jsonb_typeof(v_attempt.limits) = 'object' and v_attempt.seen_at is not null
+    if v_attempt.reported and v_attempt.seen_at is not null
       and (v_key.observed_at is null or v_attempt.seen_at > v_key.observed_at)
-      and (v_key.observed_at is not null
-        or (v_attempt.limits ->> 'remaining_requests')::numeric * 100
-          <= coalesce((v_attempt.limits ->> 'limit_requests')::numeric, 0) * v_settings.low_headroom_percent
-        or (v_attempt.limits ->> 'remaining_tokens')::numeric * 100
-          <= coalesce((v_attempt.limits ->> 'limit_tokens')::numeric, 0) * v_settings.low_headroom_percent) then
+      and (v_key.observed_at is not null or v_attempt.low) then
       update tollgate.provider_keys as k
-      set (observed_at, remaining_requests, remaining_tokens, requests_reset_at, tokens_reset_at,
-          requests_since_observed, tokens_since_observed) = (
-          select case when low then v_attempt.seen_at end,
-            case when low then (v_attempt.limits ->> 'remaining_requests')::numeric::integer end,
-            case when low then (v_attempt.limits ->> 'remaining_tokens')::numeric::bigint end,
-            case when low then v_attempt.seen_at
-              + make_interval(secs => coalesce((v_attempt.limits ->> 'reset_requests_ms')::numeric, 60000) / 1000) end,
-            case when low then v_attempt.seen_at
-              + make_interval(secs => coalesce((v_attempt.limits ->> 'reset_tokens_ms')::numeric, 60000) / 1000) end,
-            0, 0
-          from (select coalesce((v_attempt.limits ->> 'remaining_requests')::numeric * 100
-              <= (v_attempt.limits ->> 'limit_requests')::numeric * v_settings.low_headroom_percent, false)
-            or coalesce((v_attempt.limits ->> 'remaining_tokens')::numeric * 100
-              <= (v_attempt.limits ->> 'limit_tokens')::numeric * v_settings.low_headroom_percent, false)
-            or (v_attempt.limits ->> 'remaining_requests')::numeric = 0
-            or (v_attempt.limits ->> 'remaining_tokens')::numeric = 0 as low) as l),
+      set observed_at = case when v_attempt.low then v_attempt.seen_at end,
+          remaining_requests = case when v_attempt.low then v_attempt.remaining_requests::integer end,
+          remaining_tokens = case when v_attempt.low then v_attempt.remaining_tokens::bigint end,
+          requests_reset_at = case when v_attempt.low then v_attempt.seen_at
+            + make_interval(secs => coalesce(v_attempt.reset_requests_ms, 60000) / 1000) end,
+          tokens_reset_at = case when v_attempt.low then v_attempt.seen_at
+            + make_interval(secs => coalesce(v_attempt.reset_tokens_ms, 60000) / 1000) end,
+          requests_since_observed = 0,
+          tokens_since_observed = 0,
           updated_at = at
       where k.provider = v_key.provider and k.label = v_key.label
         and (k.observed_at is null or v_attempt.seen_at > k.observed_at);
@@ -845,7 +842,9 @@ select
   k.remaining_tokens - k.tokens_since_observed as remaining_tokens,
   k.tokens_reset_at,
   (select count(*) from tollgate.upstream_queue as q
-    where q.provider = k.provider and q.last_seen_at > now() - interval '1 minute') as waiting
+    where q.provider = k.provider
+      and q.last_seen_at > now() - make_interval(secs => (
+        select us.queue_ticket_ttl_seconds from tollgate.upstream_settings as us))) as waiting
 from tollgate.provider_keys as k
 order by k.provider, k.position;
 comment on view public.provider_headroom is
@@ -862,7 +861,7 @@ comment on column public.provider_headroom.remaining_requests is 'The provider''
 comment on column public.provider_headroom.requests_reset_at is 'When the provider''s request allowance refills.';
 comment on column public.provider_headroom.remaining_tokens is 'The provider''s remaining tokens as last recorded, less those granted since. Null: not low.';
 comment on column public.provider_headroom.tokens_reset_at is 'When the provider''s token allowance refills.';
-comment on column public.provider_headroom.waiting is 'Requests waiting in the queue for this provider (seen in the last minute).';
+comment on column public.provider_headroom.waiting is 'Requests waiting in the queue for this provider (live tickets: renewed within queue_ticket_ttl_seconds).';
 
 -- The views run as their reader (security_invoker): Studio's postgres and service_role.
 grant execute on function tollgate.key_usable(tollgate.provider_keys, timestamptz),

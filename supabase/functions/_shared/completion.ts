@@ -146,25 +146,28 @@ const defaultProvider = (model: string) => model.startsWith("claude") ? "anthrop
  */
 async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal): Promise<Admission> {
   const request = admissionRequest(call, context.requestId, false);
+  const leaveQueue = () =>
+    inBackground(
+      context.ledger.leaveQueue(context.requestId).catch((error) =>
+        console.warn(`leaving the provider queue failed: ${error instanceof Error ? error.message : error}`)
+      ),
+    );
   for (;;) {
     const admission = await context.ledger.admit(request);
     if (admission.code !== "queued" || !admission.queue) return admission;
     const waitedMs = performance.now() - context.startedAt;
     if (waitedMs + admission.queue.poll_after_ms > context.config.deadlineMs / 2) {
       // Half the deadline stays for the call itself: past that, give up our place honestly.
-      inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
+      leaveQueue();
       return { ...admission, code: "queue_timeout", message: "No provider capacity freed up in time. Try again." };
     }
     await sleep(admission.queue.poll_after_ms, signal);
     if (signal.aborted) {
-      inBackground(context.ledger.leaveQueue(context.requestId).catch(logQueueError));
+      leaveQueue();
       throw clientGone();
     }
   }
 }
-
-const logQueueError = (error: unknown) =>
-  console.warn(`leaving the provider queue failed: ${error instanceof Error ? error.message : error}`);
 
 function rejection(admission: Admission): GatewayError {
   const status = admission.code === "unknown_feature" || admission.code === "invalid_request"
