@@ -140,6 +140,9 @@ async function prepareThroughput(admin: Sql, sql: Sql): Promise<string[]> {
     values ('bench', 'minute', 60, 1000000), ('bench', 'hour', 3600, 10000000)`;
   await admin`insert into tollgate.user_plans (user_id, tier) select id, 'bench' from auth.users`;
   await sql`update tollgate.budgets set monthly_limit_usd = 10000000 where scope = 'global'`;
+  // The budget guard's jobs run here as on a real stack, and the pairs' burst of spend would trip its
+  // spend breaker (3× a baseline it never had time to build), refusing every later pair.
+  await admin`update tollgate.guard_settings set anomaly_min_usd_per_hour = 1000000, throttle_percent = null`;
   // A lookup table for pgbench (which cannot pick a random uuid from a list by itself).
   await admin`create schema bench`;
   await admin`create table bench.users as select row_number() over (order by id) as n, id from auth.users`;
@@ -577,8 +580,8 @@ async function rebuildRollups(admin: Sql): Promise<void> {
     where b.scope = 'global'
     group by 1, 2, 3`;
   await admin`
-    insert into tollgate.budget_periods (budget_id, period_start, reserved_total_usd)
-    select budget_id, period_start, sum(released_usd) from tollgate.budget_settlements group by 1, 2`;
+    insert into tollgate.budget_periods (budget_id, period_start, shard, reserved_total_usd)
+    select budget_id, period_start, shard, released_usd from tollgate.budget_settlements`;
   progress("vacuum analyze");
   await admin`vacuum analyze`;
 }

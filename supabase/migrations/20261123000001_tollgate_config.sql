@@ -213,31 +213,36 @@ comment on column tollgate.budgets.note is 'Notes for people.';
 comment on column tollgate.budgets.created_at is 'When the row was created.';
 comment on column tollgate.budgets.updated_at is 'When the row was last changed.';
 
--- A budget's month is kept in two tables, so that the only row shared by every
--- request is the one admission must share (see the CONCURRENCY note on admit()):
---   budget_periods      one row per budget and month: the sum of every estimate
---                       admission reserved. Only admit() updates it, with one atomic
---                       conditional UPDATE (the hard cap), as its last write.
+-- A budget's month is kept in two sharded tables, so that requests of different
+-- database sessions do not wait for each other (see the CONCURRENCY note on admit()):
+--   budget_periods      per budget, month and shard: the estimates admission
+--                       reserved, and the share of a hard-capped budget the shard
+--                       holds (its lease). Only admit() writes it: one conditional
+--                       UPDATE of its session's shard, as its last write; a shard
+--                       whose lease runs short takes more under the budget's lock
+--                       (tollgate.lease_budget).
 --   budget_settlements  per budget, month and shard: what settlement released and
 --                       what the calls actually cost. settle() and the expiry job
---                       add to the shard of their database session, so settlements
---                       of different users do not wait for each other or for
---                       admissions.
--- In flight = reserved_total_usd - sum(released_usd); spent = sum(spent_usd);
+--                       add to the shard of their database session.
+-- In flight = sum(reserved_total_usd) - sum(released_usd); spent = sum(spent_usd);
 -- committed (what a hard cap compares) = spent + in flight. public.budget_status
 -- shows these figures.
 create table tollgate.budget_periods (
   budget_id bigint not null references tollgate.budgets (id) on delete cascade,
   period_start date not null check (period_start = date_trunc('month', period_start::timestamp)::date),
+  shard smallint not null check (shard between 0 and 15),
   reserved_total_usd numeric(18, 6) not null default 0,
+  leased_usd numeric(18, 6) not null default 0,
   updated_at timestamptz not null default now(),
-  primary key (budget_id, period_start)
+  primary key (budget_id, period_start, shard)
 ) with (fillfactor = 50);
 comment on table tollgate.budget_periods is
-  'Per budget and UTC month: the sum of every estimate admit() reserved (only grows). The one row all requests of a budget update; admit() alone writes it. With budget_settlements it gives month-to-date spend and reservations in flight.';
+  'Per budget, UTC month and shard (pg_backend_pid() % 16 of the admitting session): the sum of every estimate admit() reserved, and the part of a hard-capped budget the shard may reserve without the budget''s lock. admit() alone writes it. With budget_settlements it gives month-to-date spend and reservations in flight; sum over shards to read it.';
 comment on column tollgate.budget_periods.budget_id is 'The budget.';
 comment on column tollgate.budget_periods.period_start is 'First day of the UTC month.';
-comment on column tollgate.budget_periods.reserved_total_usd is 'Sum of the estimates of every request admitted against the budget this month, USD.';
+comment on column tollgate.budget_periods.shard is 'pg_backend_pid() % 16 of the admitting database session.';
+comment on column tollgate.budget_periods.reserved_total_usd is 'Sum of the estimates of every request this shard admitted against the budget this month, USD (only grows).';
+comment on column tollgate.budget_periods.leased_usd is 'Hard caps: how much of the budget this shard holds, USD; its requests reserve within it (reserved_total_usd <= leased_usd; critical requests exempt from the cap may overdraw). Every lease is granted under the budget''s lock, so leases, spend and releases never add up past the limit.';
 comment on column tollgate.budget_periods.updated_at is 'Last change.';
 
 create table tollgate.budget_settlements (

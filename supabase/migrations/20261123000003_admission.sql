@@ -89,21 +89,28 @@
 --     users never wait for each other. Each statement after the lock reads a fresh
 --     snapshot (READ COMMITTED, the default — do not call this in a REPEATABLE READ
 --     transaction), so it sees the rows of the calls admitted before it.
---   * per budget (shared by all users): one conditional UPDATE of the month's
---     admission counter, `reserved_total += estimate WHERE committed + estimate
---     <= limit`. Postgres re-checks the WHERE against the latest row version after
---     waiting for a concurrent writer, so the cap holds exactly under any
---     concurrency. It is the last write of the transaction, so the row lock is held
---     only until the commit: the one place where different users' requests
---     serialize. Settlements never touch that row (they add to per-session shards
---     of budget_settlements), and a multi-row alternative (slicing the budget) would
---     need rebalancing under locks to stay exact.
+--   * per budget (shared by all users): sliced into shards by database session
+--     (budget_periods). A hard cap leases each shard a share of what is left, and a
+--     request reserves within its shard's lease with one conditional UPDATE,
+--     `reserved_total += estimate WHERE reserved_total + estimate <= leased`;
+--     Postgres re-checks the WHERE against the latest row version after waiting for
+--     a concurrent writer. Leases are granted only under the budget's advisory lock
+--     (tollgate.lease_budget), where leases + net settlements never pass the limit,
+--     so the cap holds exactly under any concurrency; a request that does not fit
+--     its lease while others hold unused ones takes them back first, so none is
+--     refused while the budget has room. The UPDATE is the last write of the
+--     transaction: its row lock is held only until the commit, and only sessions
+--     of the same shard share it — one row for every request serialized them all,
+--     and with more sessions than cores each waited for the one before it to be
+--     scheduled again. Settlements never touch these rows (they add to the shards
+--     of budget_settlements).
 --   * per provider, only when it is guarded (a ceiling, low headroom): an advisory
 --     lock of the provider, taken by tollgate.upstream_admission() until the commit
 --     (shared far from every ceiling, exclusive near one).
 --   Lock order everywhere (admit, settle, expiry): the api_usage row, then
 --   provider_health rows, provider_keys rows, user_usage_daily rows, usage_daily
---   rows, budget rows (by budget id) — so no two of them can deadlock.
+--   rows, budgets (by budget id; within one, its advisory lock before its shards)
+--   — so no two of them can deadlock.
 -- ============================================================================
 
 -- The parsed input of admit() (numbers as numeric: validated before conversion).
@@ -121,6 +128,118 @@ create type tollgate.admit_request as (
   cache_ttl_seconds numeric
 );
 comment on type tollgate.admit_request is 'Internal: admit()''s input after validation.';
+
+-- ----------------------------------------------------------------------------
+-- tollgate.lease_budget(): a hard-capped reservation its shard's lease cannot take
+-- ----------------------------------------------------------------------------
+-- admit() reserves on a hard-capped budget within the lease of its session's shard
+-- (budget_periods); when the shard has no row for the month yet, or the estimate
+-- does not fit its lease, admit() calls this instead, among its last writes. Under
+-- the budget's advisory lock (lease changes one at a time) it reads the limit and
+-- the settlements afresh and adds up what the shards hold. When the estimate fits
+-- what the limit leaves, the shard gets the estimate plus 1/32 of the rest, so that
+-- it comes back rarely while the budget has room and the shards hold little when it
+-- has not. When it does not fit, the shards' unused leases are taken back first
+-- (locking their rows, so waiting for their requests in flight), and the decision
+-- is made on what is really reserved: exact, like one counter, without every
+-- request sharing one row. Returns whether the estimate was reserved.
+create function tollgate.lease_budget(
+  budget_id bigint,
+  period_start date,
+  shard smallint,
+  estimate numeric,
+  at timestamptz
+)
+returns boolean
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_limit numeric;
+  v_settled_net numeric;
+  v_held numeric;
+begin
+  perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || lease_budget.budget_id, 7104));
+  -- Each shard holds its lease, or what critical requests exempt from the cap
+  -- reserved past it. Leases change only under the lock taken above (a changed
+  -- limit takes them all back under it too: budgets_take_back_leases), and
+  -- reservations within a lease do not change what its shard holds.
+  select b.monthly_limit_usd,
+    coalesce((
+      select sum(st.spent_usd - st.released_usd)
+      from tollgate.budget_settlements as st
+      where st.budget_id = b.id and st.period_start = lease_budget.period_start), 0),
+    coalesce((
+      select sum(greatest(p.leased_usd, p.reserved_total_usd))
+      from tollgate.budget_periods as p
+      where p.budget_id = b.id and p.period_start = lease_budget.period_start), 0)
+  into v_limit, v_settled_net, v_held
+  from tollgate.budgets as b
+  where b.id = lease_budget.budget_id;
+
+  if v_held + v_settled_net + estimate > v_limit or v_held + v_settled_net >= v_limit then
+    with taken_back as (
+      update tollgate.budget_periods as p
+      set leased_usd = p.reserved_total_usd,
+          updated_at = lease_budget.at
+      where p.budget_id = lease_budget.budget_id and p.period_start = lease_budget.period_start
+      returning p.reserved_total_usd
+    )
+    select coalesce(sum(t.reserved_total_usd), 0) into v_held from taken_back as t;
+    -- Null (the budget was deleted meanwhile) refuses too.
+    if not (v_held + v_settled_net + estimate <= v_limit and v_held + v_settled_net < v_limit) then
+      return false;
+    end if;
+  end if;
+
+  insert into tollgate.budget_periods as p (budget_id, period_start, shard, reserved_total_usd, leased_usd, updated_at)
+  values (lease_budget.budget_id, lease_budget.period_start, lease_budget.shard, estimate,
+    estimate + trunc((v_limit - v_settled_net - v_held - estimate) / 32, 6), lease_budget.at)
+  on conflict on constraint budget_periods_pkey do update
+  set reserved_total_usd = p.reserved_total_usd + excluded.reserved_total_usd,
+      leased_usd = greatest(p.leased_usd, p.reserved_total_usd) + excluded.leased_usd,
+      updated_at = excluded.updated_at;
+  return true;
+end;
+$$;
+
+comment on function tollgate.lease_budget(bigint, date, smallint, numeric, timestamptz) is
+  'Internal to admit(): reserves an estimate on a hard-capped budget when its shard''s lease cannot take it, granting the shard a new lease under the budget''s lock (taking unused leases back when the budget is nearly used up). Exact: leases plus net settlements never pass the limit.';
+revoke all on function tollgate.lease_budget(bigint, date, smallint, numeric, timestamptz)
+  from public, anon, authenticated;
+
+-- A budget whose limit or cap changes takes back every unused lease, under the lock
+-- lease_budget() grants them under: the next requests of each shard lease again
+-- against the new figures.
+create function tollgate.budgets_take_back_leases()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || new.id, 7104));
+  update tollgate.budget_periods as p
+  set leased_usd = p.reserved_total_usd
+  where p.budget_id = new.id and p.leased_usd > p.reserved_total_usd;
+  return null;
+end;
+$$;
+comment on function tollgate.budgets_take_back_leases() is
+  'Trigger: a budget''s changed limit or cap takes back its shards'' unused leases (see lease_budget).';
+revoke all on function tollgate.budgets_take_back_leases() from public, anon, authenticated;
+
+create trigger budgets_take_back_leases after update of monthly_limit_usd, hard_cap, exempt_critical
+on tollgate.budgets
+for each row
+when (
+  old.monthly_limit_usd is distinct from new.monthly_limit_usd
+  or old.hard_cap is distinct from new.hard_cap
+  or old.exempt_critical is distinct from new.exempt_critical
+)
+execute function tollgate.budgets_take_back_leases();
 
 -- How this function is written: PL/pgSQL keeps each statement's plan for the session,
 -- but sets up its executor state again in every transaction — and every call is its
@@ -214,6 +333,8 @@ declare
   v_budget_blocked boolean;
   v_step integer;
   v_reserved_budgets integer := 0;
+  v_shard smallint;
+  v_fits boolean;
   -- Decision and answer.
   v_allowed boolean := false;
   v_added integer := 0;
@@ -551,13 +672,15 @@ begin
       -- call cost more than its estimate), so a stale read errs on the safe side.
       select b.id, b.monthly_limit_usd,
         b.hard_cap and not (b.exempt_critical and v_feature_priority = 'critical') as capped,
-        p.reserved_total_usd,  -- null: no row for the month yet
+        coalesce((
+          select sum(p.reserved_total_usd)
+          from tollgate.budget_periods as p
+          where p.budget_id = b.id and p.period_start = v_month), 0) as reserved_total_usd,
         coalesce((
           select sum(st.spent_usd - st.released_usd)
           from tollgate.budget_settlements as st
           where st.budget_id = b.id and st.period_start = v_month), 0) as settled_net_usd
       from tollgate.budgets as b
-      left join tollgate.budget_periods as p on p.budget_id = b.id and p.period_start = v_month
       where b.scope = 'global' or b.feature = v_feature_name
     )
     select r.providers, r.models, r.states, r.probe_due, r.keys, r.exhausted, r.guarded, p.prices,
@@ -648,8 +771,8 @@ begin
       if not v_cached then
         for v_i in 1 .. cardinality(v_budget_ids) loop
           if v_budget_capped[v_i]
-            and (coalesce(v_budget_reserved[v_i], 0) + v_budget_settled[v_i] + v_estimate > v_budget_limits[v_i]
-              or coalesce(v_budget_reserved[v_i], 0) + v_budget_settled[v_i] >= v_budget_limits[v_i]) then
+            and (v_budget_reserved[v_i] + v_budget_settled[v_i] + v_estimate > v_budget_limits[v_i]
+              or v_budget_reserved[v_i] + v_budget_settled[v_i] >= v_budget_limits[v_i]) then
             v_budget_blocked := true;
           end if;
         end loop;
@@ -909,37 +1032,37 @@ begin
 
     exit when not v_budget_pending;
     v_budget_pending := false;
-    -- The budgets, last of all (see CONCURRENCY): reserve on each in id order; a hard
-    -- cap re-checks the limit against the row's latest version. A budget's first
-    -- request of a month creates the month's row, then retries.
+    -- The budgets, last of all (see CONCURRENCY): reserve on each in id order, on
+    -- this session's shard; a hard cap within the shard's lease, or else through
+    -- tollgate.lease_budget. A shard's first request of a month creates its row.
+    v_shard := pg_backend_pid() % 16;
     for v_i in 1 .. cardinality(v_budget_ids) loop
       update tollgate.budget_periods as p
       set reserved_total_usd = p.reserved_total_usd + v_estimate,
           updated_at = v_now
       where p.budget_id = v_budget_ids[v_i]
         and p.period_start = v_month
+        and p.shard = v_shard
         and (not v_budget_capped[v_i]
-          or (p.reserved_total_usd + v_budget_settled[v_i] + v_estimate <= v_budget_limits[v_i]
-            and p.reserved_total_usd + v_budget_settled[v_i] < v_budget_limits[v_i]));
-      if not found and v_budget_reserved[v_i] is null then
-        insert into tollgate.budget_periods (budget_id, period_start)
-        values (v_budget_ids[v_i], v_month)
-        on conflict do nothing;
-        update tollgate.budget_periods as p
-        set reserved_total_usd = p.reserved_total_usd + v_estimate,
-            updated_at = v_now
-        where p.budget_id = v_budget_ids[v_i]
-          and p.period_start = v_month
-          and (not v_budget_capped[v_i]
-            or (p.reserved_total_usd + v_budget_settled[v_i] + v_estimate <= v_budget_limits[v_i]
-              and p.reserved_total_usd + v_budget_settled[v_i] < v_budget_limits[v_i]));
+          or (p.reserved_total_usd + v_estimate <= p.leased_usd and p.reserved_total_usd < p.leased_usd));
+      v_fits := found;
+      if not v_fits and v_budget_capped[v_i] then
+        v_fits := tollgate.lease_budget(v_budget_ids[v_i], v_month, v_shard, v_estimate, v_now);
+      elsif not v_fits then
+        insert into tollgate.budget_periods as p (budget_id, period_start, shard, reserved_total_usd, updated_at)
+        values (v_budget_ids[v_i], v_month, v_shard, v_estimate, v_now)
+        on conflict on constraint budget_periods_pkey do update
+        set reserved_total_usd = p.reserved_total_usd + excluded.reserved_total_usd,
+            updated_at = excluded.updated_at;
+        v_fits := true;
       end if;
-      if not found then
+      if not v_fits then
         -- Concurrent requests took the rest of the budget since the check above:
         -- undo this transaction's writes and refuse.
         update tollgate.budget_periods as p
         set reserved_total_usd = p.reserved_total_usd - v_estimate
-        where p.budget_id = any (v_budget_ids[1:v_reserved_budgets]) and p.period_start = v_month;
+        where p.budget_id = any (v_budget_ids[1:v_reserved_budgets]) and p.period_start = v_month
+          and p.shard = v_shard;
         delete from public.api_usage as u where u.request_id = v_req.request_id;
         update public.user_usage_daily as d
         set reserved_tokens = d.reserved_tokens - v_reserved_tokens,

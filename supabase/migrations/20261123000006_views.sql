@@ -175,11 +175,14 @@ select
   b.thresholds
 from tollgate.budgets as b
 cross join period
-left join tollgate.budget_periods as p on p.budget_id = b.id and p.period_start = period.month
 cross join lateral (
   select
     coalesce(sum(st.spent_usd), 0) as spent_usd,
-    coalesce(p.reserved_total_usd, 0) - coalesce(sum(st.released_usd), 0) as reserved_usd,
+    coalesce((
+      select sum(p.reserved_total_usd)
+      from tollgate.budget_periods as p
+      where p.budget_id = b.id and p.period_start = period.month), 0)
+      - coalesce(sum(st.released_usd), 0) as reserved_usd,
     coalesce(sum(st.calls), 0)::bigint as calls
   from tollgate.budget_settlements as st
   where st.budget_id = b.id and st.period_start = period.month

@@ -4,7 +4,7 @@
 -- real parallel connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(69);
+select plan(85);
 
 -- Test users. Hosted Supabase's `postgres` may insert into auth.users; the local
 -- stack grants that to service_role (which postgres is a member of), so switch.
@@ -90,7 +90,7 @@ select results_eq(
   'the api_usage row is a reservation with the estimate');
 select is((select reserved_tokens::integer from public.user_usage_daily where user_id = (select id from ids where name = 'free')),
   200, 'the user''s reserved tokens include it');
-select is((select p.reserved_total_usd from tollgate.budget_periods as p join tollgate.budgets as b on b.id = p.budget_id
+select is((select sum(p.reserved_total_usd) from tollgate.budget_periods as p join tollgate.budgets as b on b.id = p.budget_id
   where b.scope = 'global'), 0.001::numeric, 'the global budget''s reservations include it');
 select is((select array_agg(k order by k) from t, jsonb_object_keys(t.a) as k where t.name = 'basic'),
   array['allowed', 'cached', 'code', 'dry_run', 'duplicate', 'feature', 'layer', 'message', 'model', 'prices',
@@ -165,6 +165,86 @@ select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "
 select is((select count(*)::integer from (select pg_temp.admit((select id from ids where name = 'main'), '{"feature": "soft"}')
   ->> 'allowed' as allowed from generate_series(1, 3)) as x where allowed = 'true'), 3,
   'a budget without a hard cap only alerts: all three requests pass');
+
+-- ----------------------------------------------------------------------------
+-- Budget shards and leases: a hard cap without one row shared by every request
+-- ----------------------------------------------------------------------------
+-- This session reserves on its shard (pg_backend_pid() % 16); other sessions' shards
+-- are written by hand.
+insert into tollgate.features (name, priority, allowed_models, cache_ttl_seconds) values ('leased', 'normal', null, 0);
+insert into tollgate.budgets (scope, feature, monthly_limit_usd, hard_cap) values ('feature', 'leased', 0.1, true);
+create temp table lease as
+select b.id as budget_id, date_trunc('month', now() at time zone 'UTC')::date as month,
+  (pg_backend_pid() % 16)::smallint as mine, ((pg_backend_pid() + 1) % 16)::smallint as other,
+  ((pg_backend_pid() + 2) % 16)::smallint as third
+from tollgate.budgets as b where b.feature = 'leased';
+create function pg_temp.shards()
+returns table (shard text, reserved numeric, leased numeric)
+language sql
+as $$
+  select case p.shard when l.mine then 'mine' when l.other then 'other' else 'third' end, p.reserved_total_usd,
+    p.leased_usd
+  from tollgate.budget_periods as p join lease as l on l.budget_id = p.budget_id and l.month = p.period_start
+  order by 1
+$$;
+
+insert into t values ('lease 1', pg_temp.admit((select id from ids where name = 'main'), '{"feature": "leased"}'));
+select is((select a -> 'reserved' ->> 'estimated_cost_usd' from t where name = 'lease 1'), '0.001000',
+  'the lease tests reserve 0.001 a request');
+select results_eq('select * from pg_temp.shards()', $$values ('mine', 0.001, 0.001 + 0.003093)$$,
+  'a shard''s first request leases it its estimate and 1/32 of what the limit leaves (0.099 / 32, to the micro-dollar)');
+select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "leased"}') ->> 'allowed', 'true',
+  'the next request ...');
+select results_eq('select * from pg_temp.shards()', $$values ('mine', 0.002, 0.004093)$$,
+  '... reserves within the lease: no new one');
+
+insert into tollgate.budget_periods (budget_id, period_start, shard, reserved_total_usd, leased_usd)
+select budget_id, month, other, 0.01, 0.045 from lease union all select budget_id, month, third, 0.01, 0.045 from lease;
+update tollgate.budget_periods as p set leased_usd = p.reserved_total_usd
+from lease as l where p.budget_id = l.budget_id and p.shard = l.mine;
+select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "leased"}') ->> 'allowed', 'true',
+  'a request its shard''s lease cannot take ...');
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.003, 0.003 + trunc((0.1 - 0.092 - 0.001) / 32, 6)), ('other', 0.01, 0.045), ('third', 0.01, 0.045)$$,
+  '... leases again from what the shards leave of the limit, theirs untouched');
+
+update tollgate.budget_periods as p set leased_usd = 0.0485
+from lease as l where p.budget_id = l.budget_id and p.shard in (l.other, l.third);
+update tollgate.budget_periods as p set leased_usd = p.reserved_total_usd
+from lease as l where p.budget_id = l.budget_id and p.shard = l.mine;
+select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "leased"}') ->> 'allowed', 'true',
+  'when the leases held add up past the limit, a request that fits what is reserved ...');
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.004, 0.004 + trunc((0.1 - 0.023 - 0.001) / 32, 6)), ('other', 0.01, 0.01), ('third', 0.01, 0.01)$$,
+  '... is admitted after every unused lease was taken back');
+
+update tollgate.budget_periods as p set reserved_total_usd = 0.085, leased_usd = 0.085
+from lease as l where p.budget_id = l.budget_id and p.shard = l.other;
+update tollgate.budget_periods as p set leased_usd = p.reserved_total_usd
+from lease as l where p.budget_id = l.budget_id and p.shard = l.mine;
+select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "leased"}') ->> 'allowed', 'true',
+  'a request that takes the budget to exactly its limit is admitted ...');
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.005, 0.005), ('other', 0.085, 0.085), ('third', 0.01, 0.01)$$,
+  '... leasing just its estimate');
+select is(tollgate.lease_budget((select budget_id from lease), (select month from lease), (select mine from lease), 0.000001,
+  now()), false, 'past the limit, lease_budget refuses even a micro-dollar ...');
+select is(tollgate.lease_budget((select budget_id from lease), (select month from lease), (select mine from lease), 0,
+  now()), false, '... and nothing at all once the limit is reached');
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.005, 0.005), ('other', 0.085, 0.085), ('third', 0.01, 0.01)$$, '... writing nothing');
+
+update tollgate.budget_periods as p set leased_usd = 0.05
+from lease as l where p.budget_id = l.budget_id and p.shard = l.third;
+update tollgate.budgets set monthly_limit_usd = 0.2 where feature = 'leased';
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.005, 0.005), ('other', 0.085, 0.085), ('third', 0.01, 0.01)$$,
+  'a changed limit takes back every unused lease');
+select is(tollgate.lease_budget((select budget_id from lease), (select month from lease), (select mine from lease), 0.05,
+  now()), true, 'the next lease is worked out against the new limit');
+select results_eq('select * from pg_temp.shards()',
+  $$values ('mine', 0.055, 0.055 + trunc((0.2 - 0.1 - 0.05) / 32, 6)), ('other', 0.085, 0.085), ('third', 0.01, 0.01)$$,
+  '... the shard holding the estimate and 1/32 of what the new limit leaves');
 
 -- ----------------------------------------------------------------------------
 -- Layer 5: the throttle

@@ -553,21 +553,27 @@ export type Database = {
       "budget_periods": {
         Row: {
           "budget_id": number;
+          "leased_usd": number;
           "period_start": string;
           "reserved_total_usd": number;
+          "shard": number;
           "updated_at": string;
         };
         ComputedFields: never;
         Insert: {
           "budget_id": number;
+          "leased_usd"?: number;
           "period_start": string;
           "reserved_total_usd"?: number;
+          "shard": number;
           "updated_at"?: string;
         };
         Update: {
           "budget_id"?: number;
+          "leased_usd"?: number;
           "period_start"?: string;
           "reserved_total_usd"?: number;
+          "shard"?: number;
           "updated_at"?: string;
         };
         Relationships: [
@@ -1534,6 +1540,10 @@ export type Database = {
             Database["tollgate"]["Tables"]["provider_keys"]["ComputedFields"]
           >;
         };
+        Returns: boolean;
+      };
+      "lease_budget": {
+        Args: { "at": string; "budget_id": number; "estimate": number; "period_start": string; "shard": number };
         Returns: boolean;
       };
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
