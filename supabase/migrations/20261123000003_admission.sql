@@ -212,18 +212,30 @@ revoke all on function tollgate.lease_budget(bigint, date, smallint, numeric, ti
 
 -- A budget whose limit or cap changes takes back every unused lease, under the lock
 -- lease_budget() grants them under: the next requests of each shard lease again
--- against the new figures.
+-- against the new figures. One statement may change several budgets: they are
+-- locked one after the other in budget id order (its lock, then its shards), as
+-- admit() locks them, so that the two cannot deadlock.
 create function tollgate.budgets_take_back_leases()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_changed bigint[];
 begin
-  perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || new.id, 7104));
-  update tollgate.budget_periods as p
-  set leased_usd = p.reserved_total_usd
-  where p.budget_id = new.id and p.leased_usd > p.reserved_total_usd;
+  select coalesce(array_agg(n.id order by n.id), '{}')
+  into v_changed
+  from new_budgets as n
+  join old_budgets as o on o.id = n.id
+  where (o.monthly_limit_usd, o.hard_cap, o.exempt_critical)
+    is distinct from (n.monthly_limit_usd, n.hard_cap, n.exempt_critical);
+  for v_i in 1 .. cardinality(v_changed) loop
+    perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || v_changed[v_i], 7104));
+    update tollgate.budget_periods as p
+    set leased_usd = p.reserved_total_usd
+    where p.budget_id = v_changed[v_i] and p.leased_usd > p.reserved_total_usd;
+  end loop;
   return null;
 end;
 $$;
@@ -231,14 +243,9 @@ comment on function tollgate.budgets_take_back_leases() is
   'Trigger: a budget''s changed limit or cap takes back its shards'' unused leases (see lease_budget).';
 revoke all on function tollgate.budgets_take_back_leases() from public, anon, authenticated;
 
-create trigger budgets_take_back_leases after update of monthly_limit_usd, hard_cap, exempt_critical
-on tollgate.budgets
-for each row
-when (
-  old.monthly_limit_usd is distinct from new.monthly_limit_usd
-  or old.hard_cap is distinct from new.hard_cap
-  or old.exempt_critical is distinct from new.exempt_critical
-)
+create trigger budgets_take_back_leases after update on tollgate.budgets
+referencing old table as old_budgets new table as new_budgets
+for each statement
 execute function tollgate.budgets_take_back_leases();
 
 -- How this function is written: PL/pgSQL keeps each statement's plan for the session,
