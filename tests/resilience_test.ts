@@ -183,13 +183,15 @@ resilience("resilience: soak — every admitted call has exactly one row, limits
   // A tier of the soak's own: a 2-second burst window that the clumps of concurrent requests
   // of one user fill; a 10-second window that the greedy users' pace may fill; an hour's
   // allowance that the greedy users' volume exhausts, as long as the soak lasts more than the
-  // ~20 s the burst window needs to let 45 through. `fills`: the soak must be seen to fill it,
-  // or the check that it held would prove nothing.
+  // ~12 s the burst window needs to let 30 through (10,000 requests take 20 s or more, and a
+  // greedy user's requests arrive at random, not packed to the burst window: a limit near what
+  // the windows allow in 20 s would be filled on some runs only). `fills`: the soak must be
+  // seen to fill it, or the check that it held would prove nothing.
   const tier = `soak-${runId}`;
   const windows = [
     { name: "burst", seconds: 2, max: 5, fills: true },
     { name: "ten-seconds", seconds: 10, max: 25, fills: false },
-    { name: "hour", seconds: 3600, max: 45, fills: true },
+    { name: "hour", seconds: 3600, max: 30, fills: true },
   ];
   await admin`insert into tollgate.tiers (name, max_output_tokens) values (${tier}, 1024)`;
   for (const w of windows) {
