@@ -95,14 +95,26 @@ const settleLag = (c: Cell) =>
 
 export const soakEvery = (seconds: number) => Math.max(5, Math.round(seconds / 60));
 
-/** Steady start (first sample under load), end (last sample under load), second-half slope. */
+/**
+ * Steady start and end: the medians of the first and the last minute of samples under load
+ * (a shorter soak: of its first and last sixth). RSS follows the garbage collector in a
+ * sawtooth some 30 MB deep, so one sample against another would judge where each fell in it.
+ * Slope: over the second half.
+ */
 function soakTrend(soak: Soak): { start: number; end: number; slope: number } {
-  const underLoad = soak.samples.slice(1, -1);
+  const underLoad = soak.samples.length > 2 ? soak.samples.slice(1, -1) : soak.samples;
+  const span = Math.max(1, Math.min(Math.round(60 / soakEvery(soak.seconds)), Math.floor(underLoad.length / 6)));
   return {
-    start: (underLoad[0] ?? soak.samples[0]).mb,
-    end: (underLoad.at(-1) ?? soak.samples.at(-1)!).mb,
+    start: median(underLoad.slice(0, span).map((s) => s.mb)),
+    end: median(underLoad.slice(-span).map((s) => s.mb)),
     slope: slopePerMinute(soak.samples.filter((s) => s.at >= soak.seconds / 2)),
   };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
 /** Least-squares slope of RSS over time, in MB per minute. */
@@ -384,7 +396,9 @@ export function report(
     line(
       "Load: 10 closed-loop workers (5 non-streamed, 5 streamed) for the whole soak, the same requests and " +
         `users as above; VmRSS of the function's process from /proc every ${soakEvery(soak.seconds)} s. ` +
-        "The steady start is the first sample taken under the soak's own load; the value before it still " +
+        "Steady start and end are the medians of the samples of the first and the last minute under the soak's " +
+        "own load (of a sixth, in a shorter soak), as RSS follows the garbage collector up and down; the value " +
+        "before the first still " +
         "carries what the concurrency-50 cells left.",
     );
     line();
@@ -392,9 +406,9 @@ export function report(
     line("|---|---:|");
     line(`| fresh process, before any request | ${f1(soak.freshMb)} |`);
     line(`| soak start, right after the benchmark cells | ${f1(soak.beforeMb)} |`);
-    line(`| steady start (first sample under load) | ${f1(start)} |`);
+    line(`| steady start (median of the first minute under load) | ${f1(start)} |`);
     line(`| peak during the soak | ${f1(peak)} |`);
-    line(`| soak end | ${f1(end)} |`);
+    line(`| soak end (median of the last minute under load) | ${f1(end)} |`);
     line(`| 5 s after the load stopped | ${f1(soak.afterIdleMb)} |`);
     line(`| slope over the second half | ${signed(slope)} MB/min |`);
     line();
