@@ -398,8 +398,7 @@ export function report(
         `users as above; VmRSS of the function's process from /proc every ${soakEvery(soak.seconds)} s. ` +
         "Steady start and end are the medians of the samples of the first and the last minute under the soak's " +
         "own load (of a sixth, in a shorter soak), as RSS follows the garbage collector up and down; the value " +
-        "before the first still " +
-        "carries what the concurrency-50 cells left.",
+        "before the first still carries what the concurrency-50 cells left.",
     );
     line();
     line("| RSS (MB) | |");

@@ -129,6 +129,20 @@ create type tollgate.admit_request as (
 );
 comment on type tollgate.admit_request is 'Internal: admit()''s input after validation.';
 
+-- The budget's lock: leases are granted (lease_budget) and taken back
+-- (budgets_take_back_leases) only under it, until the end of the transaction.
+create function tollgate.lock_budget(budget_id bigint)
+returns void
+language sql
+volatile
+set search_path = ''
+as $$
+  select pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || lock_budget.budget_id, 7104));
+$$;
+comment on function tollgate.lock_budget(bigint) is
+  'Internal: takes a budget''s lease lock until the end of the transaction (see lease_budget).';
+revoke all on function tollgate.lock_budget(bigint) from public, anon, authenticated;
+
 -- ----------------------------------------------------------------------------
 -- tollgate.lease_budget(): a hard-capped reservation its shard's lease cannot take
 -- ----------------------------------------------------------------------------
@@ -161,7 +175,7 @@ declare
   v_settled_net numeric;
   v_held numeric;
 begin
-  perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || lease_budget.budget_id, 7104));
+  perform tollgate.lock_budget(lease_budget.budget_id);
   -- Each shard holds its lease, or what critical requests exempt from the cap
   -- reserved past it. Leases change only under the lock taken above (a changed
   -- limit takes them all back under it too: budgets_take_back_leases), and
@@ -231,7 +245,7 @@ begin
   where (o.monthly_limit_usd, o.hard_cap, o.exempt_critical)
     is distinct from (n.monthly_limit_usd, n.hard_cap, n.exempt_critical);
   for v_i in 1 .. cardinality(v_changed) loop
-    perform pg_advisory_xact_lock(hashtextextended('tollgate.budget:' || v_changed[v_i], 7104));
+    perform tollgate.lock_budget(v_changed[v_i]);
     update tollgate.budget_periods as p
     set leased_usd = p.reserved_total_usd
     where p.budget_id = v_changed[v_i] and p.leased_usd > p.reserved_total_usd;

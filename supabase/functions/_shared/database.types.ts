@@ -1547,6 +1547,7 @@ export type Database = {
         Returns: boolean;
       };
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
+      "lock_budget": { Args: { "budget_id": number }; Returns: undefined };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "provider_room": {
