@@ -12,7 +12,9 @@
  *        guarded   with every ceiling far out of reach (max_in_flight, requests and tokens per minute): every
  *                  admission takes the upstream step (tollgate.upstream_admission: headroom worked out, a grant)
  *                  and never waits — the queue's cost when there is no contention.
- *   2. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
+ *   2. Where a pair's time goes: pairs on one connection with plpgsql_check's profiler on (each statement's own time
+ *      in tollgate.admit and tollgate.settle), and the relation locks one admission and one settlement hold.
+ *   3. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
  *      over five minutes on 2 cores), generated with set-based SQL (a year of calls over 10,000 users, 8 models, 5 features,
  *      every status) together with the rollups they imply, exactly as settlement would have left them: the median time
  *      of daily_cost_summary, budget_status, cost_by_feature and cost_by_user (one month).
@@ -487,6 +489,118 @@ async function measureCell(
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
+// Where a pair's time goes
+
+interface StatementCost {
+  /** The statement's first lines in the migration. */
+  source: string;
+  /** Its time per call (a statement with none nested in it). */
+  microseconds: number;
+}
+
+interface FunctionProfile {
+  name: string;
+  microsecondsPerCall: number;
+  statements: StatementCost[];
+}
+
+interface RelationLocks {
+  name: string;
+  /** Relation locks held at the end of the call (one per relation and lock mode). */
+  held: number;
+  /** Of those, the ones PostgreSQL keeps in the backend's fast-path slots (16 in PostgreSQL 15). */
+  fastPath: number;
+}
+
+interface PairProfile {
+  pairs: number;
+  pairMicroseconds: number;
+  functions: FunctionProfile[];
+  locks: RelationLocks[];
+}
+
+const profiledPairs = 3000;
+
+/**
+ * Pairs one after the other on one connection, with plpgsql_check's profiler on for that session only: each
+ * statement's own time in tollgate.admit and tollgate.settle. Then the relation locks one admission and one settlement
+ * hold, counted in their own transactions.
+ */
+async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfile> {
+  const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const pair = async (db: Sql) => {
+    const requestId = crypto.randomUUID();
+    const userId = ids[Math.floor(Math.random() * ids.length)];
+    await db`select tollgate.admit(${db.json(admitRequest(requestId, userId))})`;
+    await db`select tollgate.settle(${db.json(settleCall(requestId, userId, "plain"))})`;
+  };
+  try {
+    await setVariant(sql, "plain");
+    await sql`load 'plpgsql_check'`;
+    await sql`set plpgsql_check.profiler = on`;
+    for (let i = 0; i < 300; i++) await pair(sql); // plans cached, as in a long-lived connection
+    await sql`select extensions.plpgsql_profiler_reset_all()`;
+    const started = performance.now();
+    for (let i = 0; i < profiledPairs; i++) await pair(sql);
+    const pairMicroseconds = (performance.now() - started) * 1000 / profiledPairs;
+
+    const functions: FunctionProfile[] = [];
+    for (const name of ["admit", "settle"]) {
+      const signature = `tollgate.${name}(jsonb)`;
+      const lines = new Map<number, string>(
+        (await sql`
+          select lineno, source from extensions.plpgsql_profiler_function_tb(${signature}::regprocedure)`)
+          .map((row) => [row.lineno as number, (row.source as string | null) ?? ""]),
+      );
+      const [{ calls, total_ms }] = await sql`
+        select f.exec_count::int as calls, f.total_time as total_ms
+        from extensions.plpgsql_profiler_functions_all() as f
+        where f.funcoid = ${signature}::regprocedure`;
+      // Only statements with none nested in them: what the profiler reports for an IF, a loop or a block depends on
+      // how it collected the profile, while a simple statement's time is its own.
+      const statements = await sql`
+        with s as (select * from extensions.plpgsql_profiler_function_statements_tb(${signature}::regprocedure))
+        select s.lineno, s.total_time as total_ms
+        from s
+        where s.exec_stmts > 0 and not exists (select from s as nested where nested.parent_stmtid = s.stmtid)`;
+      const sourceAt = (lineno: number) =>
+        [0, 1, 2, 3].map((i) => lines.get(lineno + i)?.trim() ?? "").join(" ").replace(/\s+/g, " ").slice(0, 72);
+      functions.push({
+        name: `tollgate.${name}`,
+        microsecondsPerCall: total_ms * 1000 / calls,
+        statements: statements
+          .map((s) => ({ source: sourceAt(s.lineno as number), microseconds: (s.total_ms as number) * 1000 / calls }))
+          .sort((a, b) => b.microseconds - a.microseconds),
+      });
+    }
+
+    const heldBy = async (
+      name: string,
+      call: (tx: postgres.TransactionSql) => Promise<unknown>,
+    ): Promise<RelationLocks> =>
+      await sql.begin(async (tx) => {
+        await call(tx);
+        const [row] = await tx`
+          select count(*)::int as held, count(*) filter (where fastpath)::int as fast_path
+          from pg_catalog.pg_locks
+          where pid = pg_backend_pid() and locktype = 'relation' and relation <> 'pg_catalog.pg_locks'::regclass`;
+        return { name, held: row.held, fastPath: row.fast_path };
+      });
+    const requestId = crypto.randomUUID();
+    const locks = [
+      await heldBy("tollgate.admit", (tx) => tx`select tollgate.admit(${tx.json(admitRequest(requestId, ids[0]))})`),
+      await heldBy(
+        "tollgate.settle",
+        (tx) => tx`select tollgate.settle(${tx.json(settleCall(requestId, ids[0], "plain"))})`,
+      ),
+    ];
+    return { pairs: profiledPairs, pairMicroseconds, functions, locks };
+  } finally {
+    await sql.end();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
 // The cost views at scale
 
 interface ViewTimes {
@@ -614,6 +728,7 @@ async function loadAverage(): Promise<string> {
 function report(
   versions: string,
   throughput: Throughput[],
+  profile: PairProfile | undefined,
   viewTimes: ViewTimes[],
   load: { before: string },
 ): string {
@@ -740,6 +855,42 @@ function report(
       "",
     );
   }
+  if (profile) {
+    const shown = 8;
+    const us = (value: number) => Math.round(value).toLocaleString();
+    const bodies = profile.functions.reduce((sum, f) => sum + f.microsecondsPerCall, 0);
+    lines.push("### Where a pair's time goes", "");
+    lines.push(
+      `${profile.pairs.toLocaleString()} pairs one after the other on one connection, with plpgsql_check's profiler ` +
+        "on for that session (it times every statement, which adds to the times: read the shares). A pair took " +
+        `${us(profile.pairMicroseconds)} µs: ` +
+        profile.functions.map((f) => `${us(f.microsecondsPerCall)} µs in the body of \`${f.name}\``).join(", ") +
+        `, and ${us(profile.pairMicroseconds - bodies)} µs around them (two statements' round trips, parse, ` +
+        "bind, commit, the client). The statements that took the most, per call:",
+      "",
+    );
+    for (const f of profile.functions) {
+      lines.push(`| \`${f.name}\`: statement | µs per call | share |`, "| --- | ---: | ---: |");
+      const row = (source: string, microseconds: number) =>
+        `| ${source} | ${us(microseconds)} | ${(100 * microseconds / f.microsecondsPerCall).toFixed(0)}% |`;
+      for (const s of f.statements.slice(0, shown)) {
+        lines.push(row(`\`${s.source.replaceAll("|", "\\|")}\``, s.microseconds));
+      }
+      const top = f.statements.slice(0, shown).reduce((sum, s) => sum + s.microseconds, 0);
+      lines.push(
+        row(`the other ${f.statements.length - shown} statements, IF and loop conditions`, f.microsecondsPerCall - top),
+        "",
+      );
+    }
+    lines.push(
+      "Relation locks held at the end of each call (one per table or index and lock mode). PostgreSQL 15 keeps 16 per " +
+        "backend in fast-path slots; the rest go through the shared lock table, whose partition locks every " +
+        "connection taking the same relations queues on (`LWLock:LockManager`): " +
+        profile.locks.map((l) => `\`${l.name}\` ${l.held} (${l.held - l.fastPath} in the shared table)`).join(", ") +
+        ".",
+      "",
+    );
+  }
   if (viewTimes.length) {
     lines.push("### Cost views at scale", "");
     lines.push(
@@ -807,6 +958,12 @@ if (import.meta.main) {
         ...await measureCell(admin, sql, "pgbench", connections, (v) => pgbenchThroughput(cluster.url, connections, v)),
       );
     }
+    let profile: PairProfile | undefined;
+    if (connectionCounts.length) {
+      progress(`profiling ${profiledPairs} pairs on one connection`);
+      await admin.unsafe(`vacuum ${pairTables.join(", ")}`); // the state every throughput row starts from
+      profile = await profilePairs(cluster.adminUrl, ids);
+    }
     await setVariant(sql, "plain");
     await admin`alter system reset autovacuum`;
     await admin`select pg_reload_conf()`;
@@ -833,7 +990,7 @@ if (import.meta.main) {
       });
     }
 
-    const markdown = report(versions, throughput, viewTimes, load);
+    const markdown = report(versions, throughput, profile, viewTimes, load);
     if (args.out) await Deno.writeTextFile(args.out, markdown + "\n");
     console.log(markdown);
   } finally {
