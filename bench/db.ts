@@ -12,7 +12,7 @@
  *        guarded   with every ceiling far out of reach (max_in_flight, requests and tokens per minute): every
  *                  admission takes the upstream step (tollgate.upstream_admission: headroom worked out, a grant)
  *                  and never waits — the queue's cost when there is no contention.
- *   2. Where a pair's time goes: pairs on one connection with plpgsql_check's profiler on (each statement's own time
+ *   2. Where a pair's time goes: pairs on one connection with plpgsql_check's profiler on (the time of each statement
  *      in tollgate.admit and tollgate.settle), and the relation locks one admission and one settlement hold.
  *   3. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
  *      over five minutes on 2 cores), generated with set-based SQL (a year of calls over 10,000 users, 8 models, 5 features,
@@ -522,9 +522,9 @@ interface PairProfile {
 const profiledPairs = 3000;
 
 /**
- * Pairs one after the other on one connection, with plpgsql_check's profiler on for that session only: each
- * statement's own time in tollgate.admit and tollgate.settle. Then the relation locks one admission and one settlement
- * hold, counted in their own transactions.
+ * Pairs one after the other on one connection, with plpgsql_check's profiler on for that session only: the time of
+ * each statement in tollgate.admit and tollgate.settle. Then the relation locks one admission and one settlement hold,
+ * counted in their own transactions.
  */
 async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfile> {
   const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
