@@ -14,7 +14,8 @@
  *                  and never waits — the queue's cost when there is no contention.
  *   2. Where a pair's time goes: pairs on one connection with plpgsql_check's profiler on (the time of each statement
  *      in tollgate.admit and tollgate.settle), and the relation locks one admission and one settlement hold.
- *   3. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
+ *   3. A baseline from pgbench: the statements a pair cannot do without, bare (no decisions), at each connection count.
+ *   4. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
  *      over five minutes on 2 cores), generated with set-based SQL (a year of calls over 10,000 users, 8 models, 5 features,
  *      every status) together with the rollups they imply, exactly as settlement would have left them: the median time
  *      of daily_cost_summary, budget_status, cost_by_feature and cost_by_user (one month).
@@ -304,13 +305,11 @@ async function denoThroughput(url: string, ids: string[], connections: number, v
 
 /** The same pair from pgbench (prepared statements, one transaction per call, like the Deno client). */
 async function pgbenchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
-  const pgbench = `${pgBin}/pgbench`;
-  if (!(await Deno.stat(pgbench).then(() => true, () => false))) return undefined;
-  const script = await Deno.makeTempFile({ suffix: ".sql" });
   const key = variant === "plain" ? "" : `, 'key', '${keyLabel}'`;
-  await Deno.writeTextFile(
-    script,
-    [
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    const [{ since }] = await sql`select now() as since`;
+    const run = await pgbench(url, connections, [
       `\\set n random(1, ${users})`,
       `select id as uid, gen_random_uuid() as rid from bench.users where n = :n \\gset`,
       `select tollgate.admit(jsonb_build_object('request_id', :rid::uuid, 'user_id', :uid::uuid, 'model', 'gpt-4o-mini',` +
@@ -319,12 +318,27 @@ async function pgbenchThroughput(url: string, connections: number, variant: Vari
       ` 'model', 'gpt-4o-mini', 'status', 'success', 'input_tokens', 200, 'output_tokens', 100, 'latency_ms', 300,` +
       ` 'cost_usd', 0.00009, 'attempts_detail', jsonb_build_array(jsonb_build_object('provider', 'openai',` +
       ` 'model', 'gpt-4o-mini', 'ok', true, 'status', 200${key})))) is not null;`,
-    ].join("\n") + "\n",
-  );
-  const sql = postgres(url, { max: 1, onnotice: () => {} });
+    ]);
+    if (!run) return undefined;
+    return { ...run, admit: [], settle: [], pair: [], check: await checkSince(sql, since), otherCores: 0 };
+  } finally {
+    await sql.end();
+  }
+}
+
+/** A pgbench script, run 2 s to warm up and then `seconds`; each run of the script counts as one pair. */
+async function pgbench(
+  url: string,
+  connections: number,
+  lines: string[],
+): Promise<{ pairs: number; seconds: number; errors: number; averageMs: number } | undefined> {
+  const binary = `${pgBin}/pgbench`;
+  if (!(await Deno.stat(binary).then(() => true, () => false))) return undefined;
+  const script = await Deno.makeTempFile({ suffix: ".sql" });
+  await Deno.writeTextFile(script, lines.join("\n") + "\n");
   try {
-    const pgbenchRun = async (duration: number) =>
-      await new Deno.Command(pgbench, {
+    const run = async (duration: number) =>
+      await new Deno.Command(binary, {
         args: [
           "-n",
           "-M",
@@ -344,29 +358,93 @@ async function pgbenchThroughput(url: string, connections: number, variant: Vari
         stdout: "piped",
         stderr: "piped",
       }).output();
-    const [{ since }] = await sql`select now() as since`;
-    await pgbenchRun(2);
-    const output = await pgbenchRun(seconds);
+    await run(2);
+    const output = await run(seconds);
     const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
     const tps = Number(text.match(/tps = ([\d.]+)/)?.[1] ?? NaN);
     const processed = Number(text.match(/number of transactions actually processed: (\d+)/)?.[1] ?? 0);
-    const failed = Number(text.match(/number of failed transactions: (\d+)/)?.[1] ?? 0);
-    const average = Number(text.match(/latency average = ([\d.]+) ms/)?.[1] ?? NaN);
     return {
       pairs: processed,
       seconds: processed / tps,
-      errors: failed,
-      admit: [],
-      settle: [],
-      pair: [],
-      averageMs: average,
-      check: await checkSince(sql, since),
-      otherCores: 0,
+      errors: Number(text.match(/number of failed transactions: (\d+)/)?.[1] ?? 0),
+      averageMs: Number(text.match(/latency average = ([\d.]+) ms/)?.[1] ?? NaN),
     };
   } finally {
-    await sql.end();
     await Deno.remove(script);
   }
+}
+
+/**
+ * The baseline: what a pair cannot do without, as plain statements in two transactions, with none of admission's
+ * decisions — the user's lock, one count per window of the bench tier, the reservation and its two rollups; then the
+ * call's row, the reservation settled, and the three rollups (user, usage, budget; shared ones by session shard).
+ * Tollgate's pair does all of this and decides every layer besides: the ratio is what its logic costs.
+ */
+const bareStatements = [
+  `\\set n random(1, ${users})`,
+  `select id as uid, gen_random_uuid() as rid, (pg_backend_pid() % 16)::smallint as shard, ` +
+  `date_trunc('month', current_date)::date as month, ` +
+  `(select id from tollgate.budgets where scope = 'global') as budget from bench.users where n = :n \\gset`,
+  "begin;",
+  "select pg_advisory_xact_lock(hashtextextended(:uid::text, 7104));",
+  "select count(*) from public.api_usage where user_id = :uid::uuid and created_at > now() - interval '1 minute';",
+  "select count(*) from public.api_usage where user_id = :uid::uuid and created_at > now() - interval '1 hour';",
+  "insert into public.api_usage (request_id, user_id, created_at, tokens_used, estimated_cost, feature, provider, " +
+  "model, status, estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids) values (:rid::uuid, " +
+  ":uid::uuid, now(), 456, 0.0002, 'default', 'openai', 'gpt-4o-mini', 'reserved', 200, 256, 0.0002, " +
+  "array[:budget::bigint]);",
+  "insert into public.user_usage_daily as d (user_id, day, reserved_tokens, reserved_cost_usd) values (:uid::uuid, " +
+  "current_date, 456, 0.0002) on conflict (user_id, day) do update set reserved_tokens = d.reserved_tokens + 456, " +
+  "reserved_cost_usd = d.reserved_cost_usd + 0.0002;",
+  "insert into tollgate.budget_periods as p (budget_id, period_start, shard, reserved_total_usd) values " +
+  "(:budget::bigint, :month::date, :shard::smallint, 0.0002) on conflict (budget_id, period_start, shard) do update " +
+  "set reserved_total_usd = p.reserved_total_usd + 0.0002;",
+  "commit;",
+  "begin;",
+  "insert into public.ai_api_calls (created_at, user_id, feature, provider, model, input_tokens, output_tokens, " +
+  "latency_ms, estimated_cost, cached, status, request_id) values (now(), :uid::uuid, 'default', 'openai', " +
+  "'gpt-4o-mini', 200, 100, 300, 0.00009, false, 'success', :rid::uuid);",
+  "update public.api_usage set status = 'settled', tokens_used = 300, estimated_cost = 0.00009 " +
+  "where request_id = :rid::uuid;",
+  "insert into public.user_usage_daily as d (user_id, day, calls, input_tokens, output_tokens, cost_usd, " +
+  "reserved_tokens, reserved_cost_usd) values (:uid::uuid, current_date, 1, 200, 100, 0.00009, -456, -0.0002) " +
+  "on conflict (user_id, day) do update set calls = d.calls + 1, input_tokens = d.input_tokens + 200, " +
+  "output_tokens = d.output_tokens + 100, cost_usd = d.cost_usd + 0.00009, reserved_tokens = d.reserved_tokens - 456, " +
+  "reserved_cost_usd = d.reserved_cost_usd - 0.0002;",
+  "insert into tollgate.usage_daily as t (day, provider, model, feature, shard, calls, input_tokens, output_tokens, " +
+  "cost_usd) values (current_date, 'openai', 'gpt-4o-mini', 'default', :shard::smallint, 1, 200, 100, 0.00009) " +
+  "on conflict (day, provider, model, feature, shard) do update set calls = t.calls + 1, " +
+  "input_tokens = t.input_tokens + 200, output_tokens = t.output_tokens + 100, cost_usd = t.cost_usd + 0.00009;",
+  "insert into tollgate.budget_settlements as t (budget_id, period_start, shard, spent_usd, released_usd, calls) " +
+  "values (:budget::bigint, :month::date, :shard::smallint, 0.00009, 0.0002, 1) " +
+  "on conflict (budget_id, period_start, shard) do update set spent_usd = t.spent_usd + 0.00009, " +
+  "released_usd = t.released_usd + 0.0002, calls = t.calls + 1;",
+  "commit;",
+];
+
+interface Baseline {
+  connections: number;
+  perSecond: number;
+  errors: number;
+  otherCores: number;
+}
+
+/** The bare statements from pgbench at each connection count, measured as a cell is (quiet machine, vacuumed). */
+async function measureBaseline(admin: Sql, url: string): Promise<Baseline[]> {
+  const rows: Baseline[] = [];
+  for (const connections of connectionCounts) {
+    progress(`baseline: the bare statements from pgbench with ${connections} connection(s), ${seconds} s`);
+    const raw = await undisturbed(
+      () => admin.unsafe(`vacuum ${pairTables.join(", ")}`).then(() => {}),
+      async () => {
+        const run = await pgbench(url, connections, bareStatements);
+        return run && { ...run, otherCores: 0 };
+      },
+    );
+    if (!raw) return [];
+    rows.push({ connections, perSecond: raw.pairs / raw.seconds, errors: raw.errors, otherCores: raw.otherCores });
+  }
+  return rows;
 }
 
 /** One row from a cell's rounds: pairs over their summed time, percentiles over every sample. */
@@ -436,11 +514,11 @@ async function waitForQuiet(): Promise<void> {
 }
 
 /** One measurement, again (twice at most) when other processes took more than `quietCores` meanwhile. */
-async function undisturbed(
+async function undisturbed<T extends { otherCores: number }>(
   prepare: () => Promise<void>,
-  measure: () => Promise<Raw | undefined>,
-): Promise<Raw | undefined> {
-  let raw: Raw | undefined;
+  measure: () => Promise<T | undefined>,
+): Promise<T | undefined> {
+  let raw: T | undefined;
   for (let attempt = 1; attempt <= 3; attempt++) {
     await waitForQuiet();
     await prepare();
@@ -728,6 +806,7 @@ async function loadAverage(): Promise<string> {
 function report(
   versions: string,
   throughput: Throughput[],
+  baseline: Baseline[],
   profile: PairProfile | undefined,
   viewTimes: ViewTimes[],
   load: { before: string },
@@ -855,6 +934,31 @@ function report(
       "",
     );
   }
+  if (baseline.length) {
+    const tollgate = (connections: number) =>
+      throughput.find((t) => t.client === "pgbench (C)" && t.connections === connections && t.variant === "plain");
+    lines.push("### Baseline: the bare statements", "");
+    lines.push(
+      "What a pair cannot do without, as plain statements in two transactions from pgbench, with none of admission's " +
+        "decisions: the user's lock, one count per window of the tier, the reservation with its user and budget " +
+        "rollups; then the call's row, the reservation settled, and the user, usage and budget rollups " +
+        "(`bareStatements` in bench/db.ts), measured as a throughput row is, after the profile. Tollgate's " +
+        "pair does all of this and decides every layer besides, so the ratio is what its logic costs; the bare " +
+        "column is a ceiling for this schema with an admission and a settlement transaction per request.",
+      "",
+      "| connections | Tollgate pair, pgbench, no key (pairs/s) | bare statements (pairs/s) | Tollgate / bare | other CPU | errors |",
+      "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    );
+    for (const b of baseline) {
+      const t = tollgate(b.connections);
+      lines.push(
+        `| ${b.connections} | ${t ? Math.round(t.perSecond).toLocaleString() : "–"} | ` +
+          `${Math.round(b.perSecond).toLocaleString()} | ${t ? `${(t.perSecond / b.perSecond).toFixed(2)}×` : "–"} | ` +
+          `${b.otherCores.toFixed(2)} | ${b.errors} |`,
+      );
+    }
+    lines.push("");
+  }
   if (profile) {
     const shown = 8;
     const us = (value: number) => Math.round(value).toLocaleString();
@@ -964,6 +1068,7 @@ if (import.meta.main) {
       await admin.unsafe(`vacuum ${pairTables.join(", ")}`); // the state every throughput row starts from
       profile = await profilePairs(cluster.adminUrl, ids);
     }
+    const baseline = connectionCounts.length ? await measureBaseline(admin, cluster.url) : [];
     await setVariant(sql, "plain");
     await admin`alter system reset autovacuum`;
     await admin`select pg_reload_conf()`;
@@ -990,7 +1095,7 @@ if (import.meta.main) {
       });
     }
 
-    const markdown = report(versions, throughput, profile, viewTimes, load);
+    const markdown = report(versions, throughput, baseline, profile, viewTimes, load);
     if (args.out) await Deno.writeTextFile(args.out, markdown + "\n");
     console.log(markdown);
   } finally {
