@@ -14,7 +14,7 @@
  *                  and never waits — the queue's cost when there is no contention.
  *   2. Where a pair's time goes: pairs on one connection with plpgsql_check's profiler on (the time of each statement
  *      in tollgate.admit and tollgate.settle), and the relation locks one admission and one settlement hold.
- *   3. A baseline from pgbench: the statements a pair cannot do without, bare (no decisions), at each connection count.
+ *   3. A baseline from pgbench: what a pair cannot do without, in two functions with no decisions (the bare pair).
  *   4. The cost views at 1M ai_api_calls rows (and 10M with `--sizes 1000000,10000000`: generating them takes well
  *      over five minutes on 2 cores), generated with set-based SQL (a year of calls over 10,000 users, 8 models, 5 features,
  *      every status) together with the rollups they imply, exactly as settlement would have left them: the median time
@@ -363,6 +363,7 @@ async function pgbench(
     const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
     const tps = Number(text.match(/tps = ([\d.]+)/)?.[1] ?? NaN);
     const processed = Number(text.match(/number of transactions actually processed: (\d+)/)?.[1] ?? 0);
+    if (!processed) throw new Error(`pgbench ran nothing:\n${text}`);
     return {
       pairs: processed,
       seconds: processed / tps,
@@ -375,51 +376,74 @@ async function pgbench(
 }
 
 /**
- * The baseline: what a pair cannot do without, as plain statements in two transactions, with none of admission's
- * decisions — the user's lock, one count per window of the bench tier, the reservation and its two rollups; then the
- * call's row, the reservation settled, and the three rollups (user, usage, budget; shared ones by session shard).
- * Tollgate's pair does all of this and decides every layer besides: the ratio is what its logic costs.
+ * The baseline: what a pair cannot do without, with none of admission's decisions, in two PL/pgSQL functions called
+ * as Tollgate's are (one call, one transaction each) — the user's lock, one count per window of the bench tier, the
+ * reservation and its two rollups; then the call's row, the reservation settled, and the three rollups (user, usage,
+ * budget; the shared ones by session shard). Tollgate's pair does all of this and decides every layer besides: the
+ * ratio is what its logic costs.
  */
-const bareStatements = [
+const bareFunctions = `
+  create function bench.bare_admit(p_user uuid, p_request uuid) returns void
+  language plpgsql set search_path = '' as $$
+  declare
+    v_shard smallint := pg_backend_pid() % 16;
+    v_budget bigint := (select b.id from tollgate.budgets as b where b.scope = 'global');
+  begin
+    perform pg_advisory_xact_lock(hashtextextended(p_user::text, 7104));
+    perform count(*) from public.api_usage as u
+    where u.user_id = p_user and u.created_at > now() - interval '1 minute';
+    perform count(*) from public.api_usage as u
+    where u.user_id = p_user and u.created_at > now() - interval '1 hour';
+    insert into public.api_usage (request_id, user_id, created_at, tokens_used, estimated_cost, feature, provider,
+      model, status, estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids)
+    values (p_request, p_user, now(), 456, 0.0002, 'default', 'openai', 'gpt-4o-mini', 'reserved', 200, 256, 0.0002,
+      array[v_budget]);
+    insert into public.user_usage_daily as d (user_id, day, reserved_tokens, reserved_cost_usd)
+    values (p_user, current_date, 456, 0.0002)
+    on conflict (user_id, day) do update
+      set reserved_tokens = d.reserved_tokens + 456, reserved_cost_usd = d.reserved_cost_usd + 0.0002;
+    insert into tollgate.budget_periods as p (budget_id, period_start, shard, reserved_total_usd)
+    values (v_budget, date_trunc('month', current_date)::date, v_shard, 0.0002)
+    on conflict (budget_id, period_start, shard) do update set reserved_total_usd = p.reserved_total_usd + 0.0002;
+  end;
+  $$;
+
+  create function bench.bare_settle(p_user uuid, p_request uuid) returns void
+  language plpgsql set search_path = '' as $$
+  declare
+    v_shard smallint := pg_backend_pid() % 16;
+    v_budget bigint := (select b.id from tollgate.budgets as b where b.scope = 'global');
+  begin
+    insert into public.ai_api_calls (created_at, user_id, feature, provider, model, input_tokens, output_tokens,
+      latency_ms, estimated_cost, cached, status, request_id)
+    values (now(), p_user, 'default', 'openai', 'gpt-4o-mini', 200, 100, 300, 0.00009, false, 'success', p_request);
+    update public.api_usage as u set status = 'settled', tokens_used = 300, estimated_cost = 0.00009
+    where u.request_id = p_request;
+    insert into public.user_usage_daily as d (user_id, day, calls, input_tokens, output_tokens, cost_usd,
+      reserved_tokens, reserved_cost_usd)
+    values (p_user, current_date, 1, 200, 100, 0.00009, -456, -0.0002)
+    on conflict (user_id, day) do update
+      set calls = d.calls + 1, input_tokens = d.input_tokens + 200, output_tokens = d.output_tokens + 100,
+        cost_usd = d.cost_usd + 0.00009, reserved_tokens = d.reserved_tokens - 456,
+        reserved_cost_usd = d.reserved_cost_usd - 0.0002;
+    insert into tollgate.usage_daily as t (day, provider, model, feature, shard, calls, input_tokens, output_tokens,
+      cost_usd)
+    values (current_date, 'openai', 'gpt-4o-mini', 'default', v_shard, 1, 200, 100, 0.00009)
+    on conflict (day, provider, model, feature, shard) do update
+      set calls = t.calls + 1, input_tokens = t.input_tokens + 200, output_tokens = t.output_tokens + 100,
+        cost_usd = t.cost_usd + 0.00009;
+    insert into tollgate.budget_settlements as t (budget_id, period_start, shard, spent_usd, released_usd, calls)
+    values (v_budget, date_trunc('month', current_date)::date, v_shard, 0.00009, 0.0002, 1)
+    on conflict (budget_id, period_start, shard) do update
+      set spent_usd = t.spent_usd + 0.00009, released_usd = t.released_usd + 0.0002, calls = t.calls + 1;
+  end;
+  $$;`;
+
+const bareScript = [
   `\\set n random(1, ${users})`,
-  `select id as uid, gen_random_uuid() as rid, (pg_backend_pid() % 16)::smallint as shard, ` +
-  `date_trunc('month', current_date)::date as month, ` +
-  `(select id from tollgate.budgets where scope = 'global') as budget from bench.users where n = :n \\gset`,
-  "begin;",
-  "select pg_advisory_xact_lock(hashtextextended(:uid::text, 7104));",
-  "select count(*) from public.api_usage where user_id = :uid::uuid and created_at > now() - interval '1 minute';",
-  "select count(*) from public.api_usage where user_id = :uid::uuid and created_at > now() - interval '1 hour';",
-  "insert into public.api_usage (request_id, user_id, created_at, tokens_used, estimated_cost, feature, provider, " +
-  "model, status, estimated_input_tokens, max_output_tokens, reserved_cost, budget_ids) values (:rid::uuid, " +
-  ":uid::uuid, now(), 456, 0.0002, 'default', 'openai', 'gpt-4o-mini', 'reserved', 200, 256, 0.0002, " +
-  "array[:budget::bigint]);",
-  "insert into public.user_usage_daily as d (user_id, day, reserved_tokens, reserved_cost_usd) values (:uid::uuid, " +
-  "current_date, 456, 0.0002) on conflict (user_id, day) do update set reserved_tokens = d.reserved_tokens + 456, " +
-  "reserved_cost_usd = d.reserved_cost_usd + 0.0002;",
-  "insert into tollgate.budget_periods as p (budget_id, period_start, shard, reserved_total_usd) values " +
-  "(:budget::bigint, :month::date, :shard::smallint, 0.0002) on conflict (budget_id, period_start, shard) do update " +
-  "set reserved_total_usd = p.reserved_total_usd + 0.0002;",
-  "commit;",
-  "begin;",
-  "insert into public.ai_api_calls (created_at, user_id, feature, provider, model, input_tokens, output_tokens, " +
-  "latency_ms, estimated_cost, cached, status, request_id) values (now(), :uid::uuid, 'default', 'openai', " +
-  "'gpt-4o-mini', 200, 100, 300, 0.00009, false, 'success', :rid::uuid);",
-  "update public.api_usage set status = 'settled', tokens_used = 300, estimated_cost = 0.00009 " +
-  "where request_id = :rid::uuid;",
-  "insert into public.user_usage_daily as d (user_id, day, calls, input_tokens, output_tokens, cost_usd, " +
-  "reserved_tokens, reserved_cost_usd) values (:uid::uuid, current_date, 1, 200, 100, 0.00009, -456, -0.0002) " +
-  "on conflict (user_id, day) do update set calls = d.calls + 1, input_tokens = d.input_tokens + 200, " +
-  "output_tokens = d.output_tokens + 100, cost_usd = d.cost_usd + 0.00009, reserved_tokens = d.reserved_tokens - 456, " +
-  "reserved_cost_usd = d.reserved_cost_usd - 0.0002;",
-  "insert into tollgate.usage_daily as t (day, provider, model, feature, shard, calls, input_tokens, output_tokens, " +
-  "cost_usd) values (current_date, 'openai', 'gpt-4o-mini', 'default', :shard::smallint, 1, 200, 100, 0.00009) " +
-  "on conflict (day, provider, model, feature, shard) do update set calls = t.calls + 1, " +
-  "input_tokens = t.input_tokens + 200, output_tokens = t.output_tokens + 100, cost_usd = t.cost_usd + 0.00009;",
-  "insert into tollgate.budget_settlements as t (budget_id, period_start, shard, spent_usd, released_usd, calls) " +
-  "values (:budget::bigint, :month::date, :shard::smallint, 0.00009, 0.0002, 1) " +
-  "on conflict (budget_id, period_start, shard) do update set spent_usd = t.spent_usd + 0.00009, " +
-  "released_usd = t.released_usd + 0.0002, calls = t.calls + 1;",
-  "commit;",
+  `select id as uid, gen_random_uuid() as rid from bench.users where n = :n \\gset`,
+  "select bench.bare_admit(:uid::uuid, :rid::uuid);",
+  "select bench.bare_settle(:uid::uuid, :rid::uuid);",
 ];
 
 interface Baseline {
@@ -429,15 +453,16 @@ interface Baseline {
   otherCores: number;
 }
 
-/** The bare statements from pgbench at each connection count, measured as a cell is (quiet machine, vacuumed). */
+/** The bare pair from pgbench at each connection count, measured as a cell is (quiet machine, vacuumed). */
 async function measureBaseline(admin: Sql, url: string): Promise<Baseline[]> {
+  await admin.unsafe(bareFunctions);
   const rows: Baseline[] = [];
   for (const connections of connectionCounts) {
-    progress(`baseline: the bare statements from pgbench with ${connections} connection(s), ${seconds} s`);
+    progress(`baseline: the bare pair from pgbench with ${connections} connection(s), ${seconds} s`);
     const raw = await undisturbed(
       () => admin.unsafe(`vacuum ${pairTables.join(", ")}`).then(() => {}),
       async () => {
-        const run = await pgbench(url, connections, bareStatements);
+        const run = await pgbench(url, connections, bareScript);
         return run && { ...run, otherCores: 0 };
       },
     );
@@ -937,16 +962,16 @@ function report(
   if (baseline.length) {
     const tollgate = (connections: number) =>
       throughput.find((t) => t.client === "pgbench (C)" && t.connections === connections && t.variant === "plain");
-    lines.push("### Baseline: the bare statements", "");
+    lines.push("### Baseline: the bare pair", "");
     lines.push(
-      "What a pair cannot do without, as plain statements in two transactions from pgbench, with none of admission's " +
-        "decisions: the user's lock, one count per window of the tier, the reservation with its user and budget " +
-        "rollups; then the call's row, the reservation settled, and the user, usage and budget rollups " +
-        "(`bareStatements` in bench/db.ts), measured as a throughput row is, after the profile. Tollgate's " +
-        "pair does all of this and decides every layer besides, so the ratio is what its logic costs; the bare " +
-        "column is a ceiling for this schema with an admission and a settlement transaction per request.",
+      "What a pair cannot do without, with none of admission's decisions, from pgbench: two PL/pgSQL functions " +
+        "called as Tollgate's are, one transaction each (`bareFunctions` in bench/db.ts) — the user's lock, one " +
+        "count per window of the tier, the reservation with its user and budget rollups; then the call's row, the " +
+        "reservation settled, and the user, usage and budget rollups. Measured as a throughput row is, after the " +
+        "profile. Tollgate's pair does all of this and decides every layer besides, so the ratio is what its logic " +
+        "costs; the bare rate is a ceiling for this schema with an admission and a settlement transaction per request.",
       "",
-      "| connections | Tollgate pair, pgbench, no key (pairs/s) | bare statements (pairs/s) | Tollgate / bare | other CPU | errors |",
+      "| connections | Tollgate pair, pgbench, no key (pairs/s) | bare pair (pairs/s) | Tollgate / bare | other CPU | errors |",
       "| ---: | ---: | ---: | ---: | ---: | ---: |",
     );
     for (const b of baseline) {
