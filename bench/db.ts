@@ -156,7 +156,7 @@ async function prepareThroughput(admin: Sql, sql: Sql): Promise<string[]> {
   return (await sql`select id from bench.users order by n`).map((row) => row.id as string);
 }
 
-/** What a pair writes (admit, settle), vacuumed before each row. */
+/** What a pair writes (admit, settle). */
 const pairTables = [
   "public.api_usage",
   "public.ai_api_calls",
@@ -167,6 +167,14 @@ const pairTables = [
   "tollgate.provider_keys",
   "tollgate.provider_key_usage_daily",
 ];
+
+/**
+ * Every row starts from the same state: autovacuum is off during the rows, and the tables a pair writes are vacuumed
+ * before each (an autovacuum in the middle of one row, not the next, would decide a comparison).
+ */
+async function vacuumPairTables(admin: Sql): Promise<void> {
+  await admin.unsafe(`vacuum ${pairTables.join(", ")}`);
+}
 
 /** Puts the `openai` provider's keys in the variant's state, afresh (no minute counters carried over). */
 async function setVariant(sql: Sql, variant: Variant): Promise<void> {
@@ -460,7 +468,7 @@ async function measureBaseline(admin: Sql, url: string): Promise<Baseline[]> {
   for (const connections of connectionCounts) {
     progress(`baseline: the bare pair from pgbench with ${connections} connection(s), ${seconds} s`);
     const raw = await undisturbed(
-      () => admin.unsafe(`vacuum ${pairTables.join(", ")}`).then(() => {}),
+      () => vacuumPairTables(admin),
       async () => {
         const run = await pgbench(url, connections, bareScript);
         return run && { ...run, otherCores: 0 };
@@ -576,9 +584,7 @@ async function measureCell(
       );
       const raw = await undisturbed(async () => {
         await setVariant(sql, variant);
-        // Every row starts from the same state: autovacuum is off during the rows, the tables a pair writes are
-        // vacuumed here (an autovacuum in the middle of one row, not the next, would decide a comparison).
-        await admin.unsafe(`vacuum ${pairTables.join(", ")}`);
+        await vacuumPairTables(admin);
       }, () => measure(variant));
       if (!raw) return [];
       if (!checkOk(variant, raw.check)) {
@@ -631,20 +637,22 @@ const profiledPairs = 3000;
  */
 async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfile> {
   const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
-  const pair = async (db: Sql) => {
+  // A refused admission would profile the refusal path: stop instead, as the throughput rows count it an error.
+  const pair = async () => {
     const requestId = crypto.randomUUID();
     const userId = ids[Math.floor(Math.random() * ids.length)];
-    await db`select tollgate.admit(${db.json(admitRequest(requestId, userId))})`;
-    await db`select tollgate.settle(${db.json(settleCall(requestId, userId, "plain"))})`;
+    const [{ a }] = await sql`select tollgate.admit(${sql.json(admitRequest(requestId, userId))}) as a`;
+    if (!a.allowed) throw new Error(`profile: admission refused: ${a.code}`);
+    await sql`select tollgate.settle(${sql.json(settleCall(requestId, userId, "plain"))})`;
   };
   try {
     await setVariant(sql, "plain");
     await sql`load 'plpgsql_check'`;
     await sql`set plpgsql_check.profiler = on`;
-    for (let i = 0; i < 300; i++) await pair(sql); // plans cached, as in a long-lived connection
+    for (let i = 0; i < 300; i++) await pair(); // plans cached, as in a long-lived connection
     await sql`select extensions.plpgsql_profiler_reset_all()`;
     const started = performance.now();
-    for (let i = 0; i < profiledPairs; i++) await pair(sql);
+    for (let i = 0; i < profiledPairs; i++) await pair();
     const pairMicroseconds = (performance.now() - started) * 1000 / profiledPairs;
 
     const functions: FunctionProfile[] = [];
@@ -691,7 +699,10 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
       });
     const requestId = crypto.randomUUID();
     const locks = [
-      await heldBy("tollgate.admit", (tx) => tx`select tollgate.admit(${tx.json(admitRequest(requestId, ids[0]))})`),
+      await heldBy("tollgate.admit", async (tx) => {
+        const [{ a }] = await tx`select tollgate.admit(${tx.json(admitRequest(requestId, ids[0]))}) as a`;
+        if (!a.allowed) throw new Error(`profile: admission refused: ${a.code}`);
+      }),
       await heldBy(
         "tollgate.settle",
         (tx) => tx`select tollgate.settle(${tx.json(settleCall(requestId, ids[0], "plain"))})`,
@@ -1090,7 +1101,7 @@ if (import.meta.main) {
     let profile: PairProfile | undefined;
     if (connectionCounts.length) {
       progress(`profiling ${profiledPairs} pairs on one connection`);
-      await admin.unsafe(`vacuum ${pairTables.join(", ")}`); // the state every throughput row starts from
+      await vacuumPairTables(admin);
       profile = await profilePairs(cluster.adminUrl, ids);
     }
     const baseline = connectionCounts.length ? await measureBaseline(admin, cluster.url) : [];
