@@ -4,7 +4,9 @@
  * each other.
  */
 import assert from "node:assert/strict";
+import { connectLedger } from "../supabase/functions/_shared/db.ts";
 import {
+  type Admission,
   admit,
   call,
   connect,
@@ -15,6 +17,7 @@ import {
   dbTest,
   request,
   settle,
+  stack,
   uniqueName,
 } from "./stack/fixtures.ts";
 
@@ -207,3 +210,57 @@ dbTest(
     }
   },
 );
+
+dbTest("db: batches from 16 connections hold each user's limit exactly, without deadlocks", async () => {
+  const sql = connect(16);
+  try {
+    const tier = await createTier(sql, { windows: [{ name: "minute", seconds: 60, maxRequests: 5 }] });
+    const users = await createUsers(20, { tier });
+    // Each batch takes 16 of the users in a random order: batches share users, and each meets them in its own order.
+    const batch = () => [...users].sort(() => Math.random() - 0.5).slice(0, 16).map((user) => request(user));
+    const answers = (await Promise.all(
+      Array.from({ length: 64 }, async () => {
+        const [row] = await sql`select tollgate.admit_many(${sql.json(batch() as never)}) as a`;
+        return row.a as Admission[];
+      }),
+    )).flat();
+
+    assert.equal(answers.length, 64 * 16);
+    assert.equal(count(answers, (a) => a.allowed), 20 * 5, "each user's 5 a minute, no more");
+    const perUser = await sql`
+      select count(*)::int as admitted from public.api_usage where user_id in ${sql(users)} group by user_id`;
+    assert.deepEqual(perUser.map((row) => row.admitted), Array(20).fill(5));
+  } finally {
+    await sql.end();
+  }
+});
+
+dbTest("db: admissions through the function's group commit keep a budget's hard cap exact", async () => {
+  // Four ledgers, as four isolates of the ai function hold them, each sent 75 requests at once: most go in batches.
+  const ledgers = Array.from({ length: 4 }, () => connectLedger(stack.dbUrl, { viaPooler: false }));
+  const sql = connect(2);
+  const [budget] = await sql`select id, monthly_limit_usd::text as limit from tollgate.budgets where scope = 'global'`;
+  try {
+    const tier = await createTier(sql);
+    const users = await createUsers(300, { tier });
+    const [before] = await sql`
+      select spent_usd::text as spent, reserved_usd::text as reserved from public.budget_status where scope = 'global'`;
+    await sql`
+      update tollgate.budgets set monthly_limit_usd = ${before.spent}::numeric + ${before.reserved}::numeric + 0.255
+      where id = ${budget.id}`;
+
+    const answers = await Promise.all(
+      users.map((user, i) => ledgers[i % 4].admit({ ...request(user, { estimated_cost_usd: 0.01 }) })),
+    );
+
+    assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
+    assert.equal(count(answers, (a) => a.code === "budget_exceeded"), 275);
+    const [rows] = await sql`
+      select count(*)::int as reserved from public.api_usage where user_id in ${sql(users)}`;
+    assert.equal(rows.reserved, 25, "one reservation per admitted request");
+  } finally {
+    await sql`update tollgate.budgets set monthly_limit_usd = ${budget.limit}::numeric where id = ${budget.id}`;
+    await Promise.all(ledgers.map((ledger) => ledger.close()));
+    await sql.end();
+  }
+});

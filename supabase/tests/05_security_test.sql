@@ -131,10 +131,13 @@ select is(
 select ok(
   has_function_privilege('service_role', 'tollgate.admit(jsonb)', 'execute')
   and has_function_privilege('service_role', 'tollgate.settle(jsonb)', 'execute')
-  and has_function_privilege('service_role', 'tollgate.usage(uuid, boolean)', 'execute'),
+  and has_function_privilege('service_role', 'tollgate.usage(uuid, boolean)', 'execute')
+  and has_function_privilege('service_role', 'tollgate.admit_many(jsonb)', 'execute')
+  and has_function_privilege('service_role', 'tollgate.settle_many(jsonb)', 'execute'),
   'service_role may call the API functions');
 select ok((select bool_and(p.prosecdef) from pg_proc as p
   where p.oid in ('tollgate.admit(jsonb)'::regprocedure, 'tollgate.settle(jsonb)'::regprocedure,
+    'tollgate.admit_many(jsonb)'::regprocedure, 'tollgate.settle_many(jsonb)'::regprocedure,
     'tollgate.expire_reservations(interval, integer)'::regprocedure, 'tollgate.prune_api_usage(integer)'::regprocedure)),
   'the API functions are security definer (owned by postgres)');
 select is(

@@ -1490,6 +1490,7 @@ export type Database = {
         Returns: undefined;
       };
       "admit": { Args: { "request": Json }; Returns: Json };
+      "admit_many": { Args: { "requests": Json }; Returns: Json };
       "alert_payload": {
         Args: {
           "alert": Omit<
@@ -1561,6 +1562,7 @@ export type Database = {
       "register_provider_keys": { Args: { "keys": Json }; Returns: number };
       "revive_provider_key": { Args: { "label": string; "provider": string }; Returns: boolean };
       "settle": { Args: { "call": Json }; Returns: Json };
+      "settle_many": { Args: { "calls": Json }; Returns: undefined };
       "stale_answer": { Args: { "cache_key": string; "feature": string }; Returns: Json };
       "upstream_admission": {
         Args: {

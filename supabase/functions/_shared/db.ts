@@ -2,7 +2,8 @@
  * The gateway's conversations with its database, one SQL function call each: `tollgate.admit`
  * before the provider (again while it waits in the provider queue), `tollgate.settle` after the
  * response, the account endpoints' reads, and per instance the provider keys it serves with.
- * One statement per step keeps it safe behind a transaction-mode pooler.
+ * One statement per step keeps it safe behind a transaction-mode pooler. Admissions and
+ * settlements that arrive while others are in flight go together (batching.ts).
  *
  * Calls go through `invoke`, typed by `database.types.ts` (generated from the migrations by
  * `supabase gen types`): renaming a function or an argument in a migration fails the type
@@ -10,6 +11,7 @@
  */
 import postgres from "postgres";
 import type { Database, Json } from "./database.types.ts";
+import { groupCommit } from "./batching.ts";
 import { GatewayError } from "./errors.ts";
 import { type AccountUsage, type Admission, admissionSchema, type Settlement, usageSchema } from "./ledger.ts";
 
@@ -72,13 +74,29 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     return row.result;
   }
 
+  // Of the pool's 4 connections, admissions may hold 2 and settlements 1 at a time, so a burst
+  // of either leaves room for the other and for the account endpoints.
+  const admitBatched = groupCommit<Json, Json>({
+    runBatch: async (requests) => await invoke("admit_many", { requests }) as Json[],
+    runOne: async (request) => await invoke("admit", { request }),
+    maxInFlight: 2,
+  });
+  const settleBatched = groupCommit<Json, unknown>({
+    runBatch: async (calls) => {
+      await invoke("settle_many", { calls });
+      return calls;
+    },
+    runOne: async (call) => await invoke("settle", { call }),
+    maxInFlight: 1,
+  });
+
   return {
     async admit(request) {
-      return admissionSchema.parse(await invoke("admit", { request }).catch(unavailable));
+      return admissionSchema.parse(await admitBatched(request as Json).catch(unavailable));
     },
     async settle(call) {
       // A Settlement is plain JSON data; an interface just lacks the index signature `Json` has.
-      await invoke("settle", { call: call as unknown as Json });
+      await settleBatched(call as unknown as Json);
     },
     async usage(userId, isAnonymous) {
       return usageSchema.parse(

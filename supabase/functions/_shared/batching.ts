@@ -1,0 +1,66 @@
+/**
+ * Group commit for the database calls every request makes (admission, settlement). Most of
+ * such a call's cost is per transaction, not per element (see the batches migration), so the
+ * calls that arrive while earlier ones are in flight wait and then go together, as one batch.
+ * A call that arrives while fewer than `maxInFlight` batches are out goes at once: an idle
+ * gateway adds no delay, a busy one pays per batch.
+ *
+ * A batch is all or nothing. When it fails, each of its elements is sent again alone
+ * (`runOne`), so every caller gets its own answer or its own error, and one bad element never
+ * fails the others.
+ */
+
+/** The database functions take at most this many elements per call (admit_many, settle_many). */
+export const MAX_BATCH_SIZE = 32;
+
+export interface GroupCommit<In, Out> {
+  runBatch(items: In[]): Promise<Out[]>;
+  runOne(item: In): Promise<Out>;
+  /** Batches out at once: the connections the pool spares for this kind of call. */
+  maxInFlight: number;
+}
+
+interface Waiting<In, Out> {
+  item: In;
+  resolve(value: Out): void;
+  reject(error: unknown): void;
+}
+
+export function groupCommit<In, Out>({ runBatch, runOne, maxInFlight }: GroupCommit<In, Out>) {
+  const waiting: Waiting<In, Out>[] = [];
+  let inFlight = 0;
+
+  async function send(batch: Waiting<In, Out>[]): Promise<void> {
+    if (batch.length > 1) {
+      try {
+        const answers = await runBatch(batch.map((element) => element.item));
+        if (answers.length !== batch.length) {
+          throw new Error(`a batch of ${batch.length} was answered with ${answers.length}`);
+        }
+        batch.forEach((element, i) => element.resolve(answers[i]));
+        return;
+      } catch (error) {
+        console.warn(
+          `a batch of ${batch.length} failed (${error instanceof Error ? error.message : error}); sending each alone`,
+        );
+      }
+    }
+    await Promise.all(batch.map((element) => runOne(element.item).then(element.resolve, element.reject)));
+  }
+
+  function pump(): void {
+    while (inFlight < maxInFlight && waiting.length > 0) {
+      inFlight++;
+      send(waiting.splice(0, MAX_BATCH_SIZE)).finally(() => {
+        inFlight--;
+        pump();
+      });
+    }
+  }
+
+  return (item: In): Promise<Out> =>
+    new Promise<Out>((resolve, reject) => {
+      waiting.push({ item, resolve, reject });
+      pump();
+    });
+}

@@ -1,0 +1,100 @@
+-- ============================================================================
+-- Tollgate 13: batches — many admissions, or many settlements, in one call
+--
+-- Every admission and every settlement is one SQL function call, and on a busy
+-- gateway most of its cost is per transaction, not per decision: the relation locks
+-- (admit() touches about 30 relations), the executor state PL/pgSQL sets up again in
+-- every transaction, the commit and the round trip. The ai function therefore sends
+-- the calls that arrive while an earlier one is in flight together, as one call to
+-- these functions (group commit: a lone call goes at once, alone).
+--
+-- A batch is one transaction and it is all or nothing: should any element raise (an
+-- input the database refuses, a deadlock, a lost connection), nothing of the batch
+-- is kept and the caller sends each element again on its own, through admit() or
+-- settle(), which answers for that element alone. Both are idempotent on the request
+-- id, so an element whose batch committed unseen is not counted twice.
+--
+-- Each element is decided exactly as admit() or settle() decides it alone, in the
+-- order given, each statement seeing the writes of the elements before it: two
+-- requests of one user in one batch count against that user's windows one after the
+-- other.
+--
+-- Locks are held to the end of the batch, not of each element. So that batches do
+-- not deadlock on users, admit_many() takes the user locks of all its elements
+-- first, in one statement, in user id order (admit() then finds each already held).
+-- The rows an element locks after its user (a breaker's probe, a budget shard)
+-- may still be locked in another order than a lone admission locks them: Postgres
+-- detects such a deadlock and aborts one side, whose elements are then sent alone.
+-- ============================================================================
+
+--
+-- A batch holds at most 32 elements: it holds its users' locks until it commits, and
+-- the function's batches (supabase/functions/_shared/batching.ts) are no larger.
+-- ----------------------------------------------------------------------------
+-- tollgate.admit_many(requests jsonb) returns jsonb
+-- ----------------------------------------------------------------------------
+-- requests: a JSON array of 1..32 admit() requests. Returns the JSON
+-- array of their answers, in the same order (the contract of each is admit()'s).
+create function tollgate.admit_many(requests jsonb)
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_answers jsonb := '[]'::jsonb;
+begin
+  if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0) not between 1 and 32 then
+    raise exception 'tollgate.admit_many: requests must be an array of 1 to 32 admit() requests'
+      using errcode = '22023';
+  end if;
+
+  -- The user locks admit() takes, all of them first and in one order (see the header).
+  -- An element whose user_id is not a UUID is refused by admit() without a lock; a
+  -- dry run takes none either, and locking its user early only makes it wait.
+  perform pg_advisory_xact_lock(hashtextextended(l.user_id::text, 7104))
+  from (
+    select distinct (r.value ->> 'user_id')::uuid as user_id
+    from jsonb_array_elements(requests) as r
+    where jsonb_typeof(r.value -> 'user_id') = 'string'
+      and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+    order by 1
+  ) as l;
+
+  for v_i in 0 .. jsonb_array_length(requests) - 1 loop
+    v_answers := v_answers || jsonb_build_array(tollgate.admit(requests -> v_i));
+  end loop;
+  return v_answers;
+end;
+$$;
+comment on function tollgate.admit_many(jsonb) is
+  'Admission of up to 32 requests in one transaction: each decided as admit() decides it, in order; the answers as a JSON array in the same order. All or nothing: on an error, send each request to admit() alone. Called by the ai function as postgres (or service_role); never by clients.';
+revoke all on function tollgate.admit_many(jsonb) from public, anon, authenticated;
+grant execute on function tollgate.admit_many(jsonb) to service_role;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.settle_many(calls jsonb) returns void
+-- ----------------------------------------------------------------------------
+-- calls: a JSON array of 1..32 settle() calls, settled in order.
+create function tollgate.settle_many(calls jsonb)
+returns void
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+begin
+  if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
+    raise exception 'tollgate.settle_many: calls must be an array of 1 to 32 settle() calls'
+      using errcode = '22023';
+  end if;
+  for v_i in 0 .. jsonb_array_length(calls) - 1 loop
+    perform tollgate.settle(calls -> v_i);
+  end loop;
+end;
+$$;
+comment on function tollgate.settle_many(jsonb) is
+  'Settlement of up to 32 calls in one transaction, each as settle() settles it, in order. All or nothing: on an error, send each call to settle() alone. Called by the ai function as postgres (or service_role); never by clients.';
+revoke all on function tollgate.settle_many(jsonb) from public, anon, authenticated;
+grant execute on function tollgate.settle_many(jsonb) to service_role;

@@ -1,0 +1,141 @@
+-- ============================================================================
+-- Batches: tollgate.admit_many and tollgate.settle_many decide each element as
+-- admit() and settle() do, in order, and keep all of a batch or none of it.
+-- (Batches under real concurrent connections: tests/db_admission_test.ts.)
+-- ============================================================================
+begin;
+select plan(16);
+
+create function pg_temp.new_user(email text, tier text)
+returns uuid
+language plpgsql
+as $$
+declare
+  v_id uuid := gen_random_uuid();
+begin
+  set local role service_role;
+  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
+  reset role;
+  insert into tollgate.user_plans (user_id, tier) values (v_id, tier);
+  return v_id;
+end;
+$$;
+
+-- A request for `user_id` (estimate: 100 + 100 tokens, 0.001 USD), with `extra` merged over it.
+create function pg_temp.request(user_id uuid, extra jsonb default '{}')
+returns jsonb
+language sql
+as $$
+  select jsonb_build_object(
+    'request_id', gen_random_uuid(), 'user_id', user_id, 'model', 'gpt-4o-mini',
+    'estimated_input_tokens', 100, 'max_output_tokens', 100, 'estimated_cost_usd', 0.001) || extra
+$$;
+
+-- The settle() call for an admitted request (120 in, 80 out, 0.000066 USD).
+create function pg_temp.call_for(request jsonb, extra jsonb default '{}')
+returns jsonb
+language sql
+as $$
+  select jsonb_build_object(
+    'request_id', request -> 'request_id', 'user_id', request -> 'user_id', 'provider', 'openai',
+    'model', 'gpt-4o-mini', 'status', 'success', 'input_tokens', 120, 'output_tokens', 80, 'latency_ms', 640,
+    'cost_usd', 0.000066) || extra
+$$;
+
+insert into tollgate.tiers (name, max_output_tokens) values ('test', 4096), ('two', 4096);
+insert into tollgate.tier_windows (tier, name, window_seconds, max_requests)
+values ('test', 'minute', 60, 1000), ('two', 'minute', 60, 2);
+update tollgate.budgets set monthly_limit_usd = 1000 where scope = 'global';
+
+create temporary table ids (name text primary key, id uuid) on commit drop;
+insert into ids values ('a', pg_temp.new_user('a@test', 'test')), ('b', pg_temp.new_user('b@test', 'test')),
+  ('two', pg_temp.new_user('two@test', 'two'));
+create temporary table batch (position integer primary key, request jsonb) on commit drop;
+create temporary table answers (position integer primary key, answer jsonb) on commit drop;
+
+-- ----------------------------------------------------------------------------
+-- admit_many
+-- ----------------------------------------------------------------------------
+-- Three requests of the user whose tier allows 2 a minute, around one of another
+-- user, one malformed request and one dry run.
+insert into batch values
+  (1, pg_temp.request((select id from ids where name = 'two'))),
+  (2, pg_temp.request((select id from ids where name = 'a'))),
+  (3, pg_temp.request((select id from ids where name = 'two'))),
+  (4, pg_temp.request((select id from ids where name = 'a'), '{"model": 42}')),
+  (5, pg_temp.request((select id from ids where name = 'two'))),
+  (6, pg_temp.request((select id from ids where name = 'b'), '{"dry_run": true}'));
+insert into answers
+select a.ordinality, a.value
+from jsonb_array_elements(tollgate.admit_many((select jsonb_agg(request order by position) from batch)))
+  with ordinality as a;
+
+select is((select count(*) from answers), 6::bigint, 'admit_many answers every request');
+select is(
+  (select array_agg(a.answer ->> 'request_id' order by a.position) from answers as a),
+  (select array_agg(b.request ->> 'request_id' order by b.position) from batch as b),
+  'the answers come in the order of the requests');
+select is(
+  (select array_agg(coalesce(a.answer ->> 'code', 'admitted') order by a.position) from answers as a),
+  array['admitted', 'admitted', 'admitted', 'invalid_request', 'rate_limited', 'admitted'],
+  'each request is decided as admit() decides it: one user''s requests count one after the other, a bad one is refused alone');
+select is(
+  (select count(*) from public.api_usage where request_id in (select (request ->> 'request_id')::uuid from batch)),
+  3::bigint,
+  'the admitted requests are reserved; the refused, the malformed and the dry run are not');
+select is(
+  (select a.answer -> 'windows' -> 0 ->> 'remaining' from answers as a where a.position = 3),
+  '0',
+  'the second request of the user sees the first one''s reservation');
+
+-- A request sent again in a later batch is a duplicate, as with admit().
+select is(
+  tollgate.admit_many(jsonb_build_array((select request from batch where position = 2))) -> 0 ->> 'duplicate',
+  'true',
+  'a request admitted before is answered as a duplicate and reserves nothing more');
+
+select throws_ok($$select tollgate.admit_many('{}')$$, '22023', null, 'admit_many refuses an object');
+select throws_ok($$select tollgate.admit_many('[]')$$, '22023', null, 'admit_many refuses an empty batch');
+select throws_ok(
+  format('select tollgate.admit_many(%L)',
+    (select jsonb_agg(pg_temp.request((select id from ids where name = 'a'))) from generate_series(1, 33))),
+  '22023', null, 'admit_many refuses more than 32 requests');
+
+-- ----------------------------------------------------------------------------
+-- settle_many
+-- ----------------------------------------------------------------------------
+-- All or nothing: a batch with one call settle() refuses keeps none of its calls.
+select throws_ok(
+  format('select tollgate.settle_many(%L)', jsonb_build_array(
+    pg_temp.call_for((select request from batch where position = 1)),
+    pg_temp.call_for((select request from batch where position = 2), '{"input_tokens": -1}'))),
+  null, null, 'settle_many fails when one of its calls is refused');
+select is(
+  (select count(*) from public.ai_api_calls where request_id in (select (request ->> 'request_id')::uuid from batch)),
+  0::bigint,
+  '... and keeps none of the batch: the good call is not settled either');
+
+select lives_ok(
+  format('select tollgate.settle_many(%L)',
+    (select jsonb_agg(pg_temp.call_for(b.request) order by b.position) from batch as b where b.position in (1, 2, 3))),
+  'settle_many settles a batch');
+select is(
+  (select count(*) from public.ai_api_calls where request_id in (select (request ->> 'request_id')::uuid from batch)),
+  3::bigint,
+  'one ai_api_calls row per settled call');
+select is(
+  (select count(*) from public.api_usage
+   where request_id in (select (request ->> 'request_id')::uuid from batch) and status = 'settled'),
+  3::bigint,
+  'every reservation of the batch is completed');
+select lives_ok(
+  format('select tollgate.settle_many(%L)',
+    (select jsonb_agg(pg_temp.call_for(b.request) order by b.position) from batch as b where b.position in (1, 2, 3))),
+  'settle_many is idempotent on the request ids');
+select is(
+  (select count(*) from public.ai_api_calls where request_id in (select (request ->> 'request_id')::uuid from batch)),
+  3::bigint,
+  '... and writes no second row');
+
+select * from finish();
+rollback;
