@@ -74,12 +74,13 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     return row.result;
   }
 
-  // Of the pool's 4 connections, admissions may hold 2 and settlements 1 at a time, so a burst
-  // of either leaves room for the other and for the account endpoints.
+  // One batch of each kind at a time: the fewer batches, the larger they are and the less
+  // each element costs, and of the pool's 4 connections two stay free for the account
+  // endpoints and the alerts.
   const admitBatched = groupCommit<Json, Json>({
     runBatch: async (requests) => await invoke("admit_many", { requests }) as Json[],
     runOne: async (request) => await invoke("admit", { request }),
-    maxInFlight: 2,
+    maxInFlight: 1,
   });
   const settleBatched = groupCommit<Json, unknown>({
     runBatch: async (calls) => {
