@@ -14,22 +14,22 @@
 -- settle(), which answers for that element alone. Both are idempotent on the request
 -- id, so an element whose batch committed unseen is not counted twice.
 --
--- Each element is decided exactly as admit() or settle() decides it alone, in the
--- order given, each statement seeing the writes of the elements before it: two
--- requests of one user in one batch count against that user's windows one after the
--- other.
+-- Each element is decided exactly as admit() or settle() decides it alone, each
+-- statement seeing the writes of the elements before it: two requests of one user in
+-- one admission batch count against that user's windows one after the other, in the
+-- order given.
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
--- first, in one statement, in user id order (admit() then finds each already held).
--- The rows an element locks after its user (a breaker's probe, a budget shard)
--- may still be locked in another order than a lone admission locks them: Postgres
--- detects such a deadlock and aborts one side, whose elements are then sent alone.
--- ============================================================================
-
+-- first, in one statement, in user id order (admit() then finds each already held),
+-- and settle_many() settles in user id order. The rows an element locks after its
+-- user (a breaker's probe, a budget or rollup shard) may still be locked in another
+-- order than a lone call locks them: Postgres detects such a deadlock and aborts one
+-- side, whose elements are then sent alone.
 --
 -- A batch holds at most 32 elements: it holds its users' locks until it commits, and
 -- the function's batches (supabase/functions/_shared/batching.ts) are no larger.
+-- ============================================================================
 -- ----------------------------------------------------------------------------
 -- tollgate.admit_many(requests jsonb) returns jsonb
 -- ----------------------------------------------------------------------------
@@ -76,7 +76,7 @@ grant execute on function tollgate.admit_many(jsonb) to service_role;
 -- ----------------------------------------------------------------------------
 -- tollgate.settle_many(calls jsonb) returns void
 -- ----------------------------------------------------------------------------
--- calls: a JSON array of 1..32 settle() calls, settled in order.
+-- calls: a JSON array of 1..32 settle() calls, settled in user id order.
 create function tollgate.settle_many(calls jsonb)
 returns void
 language plpgsql
@@ -84,17 +84,22 @@ volatile
 security definer
 set search_path = ''
 as $$
+declare
+  v_call jsonb;
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
     raise exception 'tollgate.settle_many: calls must be an array of 1 to 32 settle() calls'
       using errcode = '22023';
   end if;
-  for v_i in 0 .. jsonb_array_length(calls) - 1 loop
-    perform tollgate.settle(calls -> v_i);
+  -- By user, so that two batches lock the users' rollup rows in one order.
+  for v_call in
+    select c.value from jsonb_array_elements(calls) with ordinality as c order by c.value ->> 'user_id', c.ordinality
+  loop
+    perform tollgate.settle(v_call);
   end loop;
 end;
 $$;
 comment on function tollgate.settle_many(jsonb) is
-  'Settlement of up to 32 calls in one transaction, each as settle() settles it, in order. All or nothing: on an error, send each call to settle() alone. Called by the ai function as postgres (or service_role); never by clients.';
+  'Settlement of up to 32 calls in one transaction, each as settle() settles it (in user id order). All or nothing: on an error, send each call to settle() alone. Called by the ai function as postgres (or service_role); never by clients.';
 revoke all on function tollgate.settle_many(jsonb) from public, anon, authenticated;
 grant execute on function tollgate.settle_many(jsonb) to service_role;
