@@ -86,7 +86,7 @@ comment on type tollgate.usage_delta is
   'Internal: what one ai_api_calls row adds to (sign +1) or takes from (sign -1) the rollups, plus the reservation it releases.';
 
 -- The delta of one call row. `released_*` is the reservation the call completes (0 for
--- a correction).
+-- a correction). PL/pgSQL, as add_to_usage_daily below: every settlement computes one.
 create function tollgate.usage_delta_of(
   c public.ai_api_calls,
   sign integer,
@@ -95,11 +95,12 @@ create function tollgate.usage_delta_of(
   released_cost_usd numeric
 )
 returns tollgate.usage_delta
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select row(
+begin
+  return row(
     c.user_id,
     (c.created_at at time zone 'UTC')::date,
     c.provider,
@@ -125,7 +126,8 @@ as $$
     sign * (not c.priced)::integer,
     released_tokens,
     released_cost_usd
-  )::tollgate.usage_delta
+  )::tollgate.usage_delta;
+end;
 $$;
 comment on function tollgate.usage_delta_of(public.ai_api_calls, integer, bigint[], bigint, numeric) is
   'Internal: the rollup delta of an ai_api_calls row (sign +1 to add, -1 to take back) and the reservation it releases.';
@@ -388,13 +390,14 @@ create type tollgate.settle_call as (
 );
 comment on type tollgate.settle_call is 'Internal: settle()''s input after validation.';
 
+-- ----------------------------------------------------------------------------
+-- tollgate.record_call(call jsonb): settlement but the rollups
+-- ----------------------------------------------------------------------------
 -- Written like admit(): few statements, because each one costs its executor set-up in
 -- every transaction (see the note there).
-create function tollgate.settle(call jsonb)
-returns jsonb
+create function tollgate.record_call(call jsonb, out answer jsonb, out deltas tollgate.usage_delta[])
 language plpgsql
 volatile
-security definer
 set search_path = ''
 as $$
 declare
@@ -417,9 +420,6 @@ declare
   v_old public.ai_api_calls;
   v_new public.ai_api_calls;
   v_budget_ids bigint[];
-  v_day date;
-  v_month date;
-  v_shard integer;
   v_late boolean := false;
   v_provider_key text;
 begin
@@ -559,8 +559,10 @@ begin
         using errcode = '22023', hint = 'Settle with the user_id the request was admitted for.';
     end if;
     if v_usage.status = 'settled' then
-      return jsonb_build_object('settled', false, 'duplicate', true, 'late', false, 'request_id', v_call.request_id,
-        'status', null, 'cost_usd', null);
+      answer := jsonb_build_object('settled', false, 'duplicate', true, 'late', false,
+        'request_id', v_call.request_id, 'status', null, 'cost_usd', null);
+      deltas := '{}';
+      return;
     end if;
     if v_call.feature is not null and v_call.feature <> v_usage.feature then
       raise exception 'tollgate.settle: request % was admitted for feature "%", not "%"',
@@ -589,8 +591,10 @@ begin
         using errcode = '22023', hint = 'Settle with the user_id the request was admitted for.';
     end if;
     if v_old.status <> 'expired' then
-      return jsonb_build_object('settled', false, 'duplicate', true, 'late', false, 'request_id', v_call.request_id,
-        'status', null, 'cost_usd', null);
+      answer := jsonb_build_object('settled', false, 'duplicate', true, 'late', false,
+        'request_id', v_call.request_id, 'status', null, 'cost_usd', null);
+      deltas := '{}';
+      return;
     end if;
     v_late := true;
     -- The reservation and its list of budgets are gone: use the budgets that apply now.
@@ -656,7 +660,7 @@ begin
           created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = excluded.stale_until;
   end if;
 
-  ---------------------------------------------------------------- circuit breakers, then rollups (the lock order)
+  ---------------------------------------------------------------- circuit breakers and keys (then the rollups: the lock order)
   -- Usually every attempt succeeded on a closed breaker: one read, no write.
   if jsonb_path_exists(v_call.attempts_detail, '$[*] ? (@.ok == false)')
     or exists (
@@ -685,46 +689,15 @@ begin
     perform tollgate.record_upstream(v_call.attempts_detail, v_now);
   end if;
 
+  -- What the call adds to the rollups, applied by the caller (see settle()).
   if v_late then
     -- Take the expired estimate back and add the actual call: rollups move by the difference.
-    perform tollgate.apply_usage_deltas(array[
+    deltas := array[
       tollgate.usage_delta_of(v_old, -1, v_budget_ids, 0, 0),
-      tollgate.usage_delta_of(v_new, 1, v_budget_ids, 0, 0)]);
+      tollgate.usage_delta_of(v_new, 1, v_budget_ids, 0, 0)];
   else
-    -- The common case, one call: the same three upserts as apply_usage_deltas, written
-    -- out (a call through the set-based helper costs several times more). A pgTAP test
-    -- proves both paths keep the rollups equal to aggregates over ai_api_calls.
-    v_day := (v_usage.created_at at time zone 'UTC')::date;
-    v_month := date_trunc('month', v_day::timestamp)::date;
-    v_shard := pg_backend_pid() % 16;
-
-    perform tollgate.add_to_user_usage_daily(array[row(
-      v_call.user_id, v_day, 1, v_input, v_output, v_cost, v_cached::integer,
-      (v_call.status in ('error', 'timeout'))::integer,
-      -(v_usage.estimated_input_tokens + v_usage.max_output_tokens), -v_usage.reserved_cost, v_now
-    )::public.user_usage_daily]);
-
-    perform tollgate.add_to_usage_daily(array[row(
-      v_day, v_call.provider, v_call.model, v_usage.feature, v_shard, 1, v_input, v_output, v_cached_input,
-      v_cache_write, v_reasoning, v_cost, v_saved, v_latency, v_cached::integer,
-      (v_call.status = 'success')::integer, (v_call.status = 'error')::integer, (v_call.status = 'timeout')::integer,
-      (v_call.status = 'client_closed')::integer, 0, (v_call.fallback_from is not null)::integer,
-      (not v_priced)::integer, v_now)::tollgate.usage_daily]);
-
-    -- Budgets last, in id order (budget_ids is sorted): release the estimate and add
-    -- the actual cost, in this session's shard (budgets deleted meanwhile: skipped).
-    for v_i in 1 .. cardinality(v_budget_ids) loop
-      insert into tollgate.budget_settlements as t (
-        budget_id, period_start, shard, spent_usd, released_usd, calls, updated_at)
-      select b.id, v_month, v_shard, v_cost, v_usage.reserved_cost, 1, v_now
-      from tollgate.budgets as b
-      where b.id = v_budget_ids[v_i]
-      on conflict (budget_id, period_start, shard) do update
-        set spent_usd = t.spent_usd + excluded.spent_usd,
-            released_usd = t.released_usd + excluded.released_usd,
-            calls = t.calls + 1,
-            updated_at = excluded.updated_at;
-    end loop;
+    deltas := array[tollgate.usage_delta_of(v_new, 1, v_budget_ids,
+      v_usage.estimated_input_tokens + v_usage.max_output_tokens, v_usage.reserved_cost)];
   end if;
 
   -- The key's daily spend (a late correction adds it here: expiry never charged a key).
@@ -741,8 +714,74 @@ begin
           updated_at = excluded.updated_at;
   end if;
 
-  return jsonb_build_object('settled', true, 'duplicate', false, 'late', v_late, 'request_id', v_call.request_id,
+  answer := jsonb_build_object('settled', true, 'duplicate', false, 'late', v_late, 'request_id', v_call.request_id,
     'status', v_call.status, 'cost_usd', v_cost);
+end;
+$$;
+comment on function tollgate.record_call(jsonb) is
+  'Internal to settle() and settle_many(): everything settlement does but the rollups — validates the call, writes the ai_api_calls row, completes the reservation, feeds breakers, keys and cache — and returns the answer and the rollup deltas to apply.';
+revoke all on function tollgate.record_call(jsonb) from public, anon, authenticated;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.settle(call jsonb) returns jsonb
+-- ----------------------------------------------------------------------------
+-- record_call(), then its rollups. settle_many() (the batches migration) applies the
+-- rollups of a whole batch at once instead, with apply_usage_deltas().
+create function tollgate.settle(call jsonb)
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_answer jsonb;
+  v_deltas tollgate.usage_delta[];
+  v_delta tollgate.usage_delta;
+  v_now timestamptz := clock_timestamp();
+  v_shard integer := pg_backend_pid() % 16;
+begin
+  select r.answer, r.deltas into v_answer, v_deltas from tollgate.record_call(call) as r;
+  if cardinality(v_deltas) = 0 then
+    return v_answer; -- a duplicate
+  elsif cardinality(v_deltas) > 1 then
+    perform tollgate.apply_usage_deltas(v_deltas); -- a late correction
+    return v_answer;
+  end if;
+
+  -- The common case, one call: the same three upserts as apply_usage_deltas, written
+  -- out (a call through the set-based helper costs several times more). A pgTAP test
+  -- proves both paths keep the rollups equal to aggregates over ai_api_calls.
+  v_delta := v_deltas[1];
+  perform tollgate.add_to_user_usage_daily(array[row(
+    v_delta.user_id, v_delta.day, 1, v_delta.input_tokens, v_delta.output_tokens, v_delta.cost_usd,
+    v_delta.cache_hits, v_delta.error_calls + v_delta.timeout_calls, -v_delta.released_tokens,
+    -v_delta.released_cost_usd, v_now
+  )::public.user_usage_daily]);
+
+  perform tollgate.add_to_usage_daily(array[row(
+    v_delta.day, v_delta.provider, v_delta.model, v_delta.feature, v_shard, 1, v_delta.input_tokens,
+    v_delta.output_tokens, v_delta.cached_input_tokens, v_delta.cache_write_tokens, v_delta.reasoning_tokens,
+    v_delta.cost_usd, v_delta.saved_cost_usd, v_delta.latency_ms, v_delta.cache_hits, v_delta.success_calls,
+    v_delta.error_calls, v_delta.timeout_calls, v_delta.client_closed_calls, 0, v_delta.fallback_calls,
+    v_delta.unpriced_calls, v_now)::tollgate.usage_daily]);
+
+  -- Budgets last, in id order (budget_ids is sorted): release the estimate and add
+  -- the actual cost, in this session's shard (budgets deleted meanwhile: skipped).
+  for v_i in 1 .. cardinality(v_delta.budget_ids) loop
+    insert into tollgate.budget_settlements as t (
+      budget_id, period_start, shard, spent_usd, released_usd, calls, updated_at)
+    select b.id, date_trunc('month', v_delta.day::timestamp)::date, v_shard, v_delta.cost_usd,
+      v_delta.released_cost_usd, 1, v_now
+    from tollgate.budgets as b
+    where b.id = v_delta.budget_ids[v_i]
+    on conflict (budget_id, period_start, shard) do update
+      set spent_usd = t.spent_usd + excluded.spent_usd,
+          released_usd = t.released_usd + excluded.released_usd,
+          calls = t.calls + 1,
+          updated_at = excluded.updated_at;
+  end loop;
+  return v_answer;
 end;
 $$;
 

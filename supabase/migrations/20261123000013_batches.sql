@@ -22,10 +22,11 @@
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
 -- first, in one statement, in user id order (admit() then finds each already held),
--- and settle_many() settles in user id order. The rows an element locks after its
--- user (a breaker's probe, a budget or rollup shard) may still be locked in another
--- order than a lone call locks them: Postgres detects such a deadlock and aborts one
--- side, whose elements are then sent alone.
+-- and settle_many() writes the rollups of all its calls last, in one statement per
+-- rollup, in key order. The rows an element locks after its user (a breaker's probe,
+-- a budget shard) may still be locked in another order than a lone call locks them:
+-- Postgres detects such a deadlock and aborts one side, whose elements are then sent
+-- alone.
 --
 -- A batch holds at most 32 elements: it holds its users' locks until it commits, and
 -- the function's batches (supabase/functions/_shared/batching.ts) are no larger.
@@ -76,7 +77,8 @@ grant execute on function tollgate.admit_many(jsonb) to service_role;
 -- ----------------------------------------------------------------------------
 -- tollgate.settle_many(calls jsonb) returns void
 -- ----------------------------------------------------------------------------
--- calls: a JSON array of 1..32 settle() calls, settled in user id order.
+-- calls: a JSON array of 1..32 settle() calls. Each is recorded as settle() records it
+-- (tollgate.record_call), in order; then the rollups of all of them at once.
 create function tollgate.settle_many(calls jsonb)
 returns void
 language plpgsql
@@ -86,20 +88,23 @@ set search_path = ''
 as $$
 declare
   v_call jsonb;
+  v_deltas tollgate.usage_delta[] := '{}';
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
     raise exception 'tollgate.settle_many: calls must be an array of 1 to 32 settle() calls'
       using errcode = '22023';
   end if;
-  -- By user, so that two batches lock the users' rollup rows in one order.
-  for v_call in
-    select c.value from jsonb_array_elements(calls) with ordinality as c order by c.value ->> 'user_id', c.ordinality
-  loop
-    perform tollgate.settle(v_call);
+  for v_i in 0 .. jsonb_array_length(calls) - 1 loop
+    v_deltas := v_deltas || (select r.deltas from tollgate.record_call(calls -> v_i) as r);
   end loop;
+  -- The batch's rollups at once: one upsert per rollup row, all of them locked in key
+  -- order, as the expiry job locks them.
+  if cardinality(v_deltas) > 0 then
+    perform tollgate.apply_usage_deltas(v_deltas);
+  end if;
 end;
 $$;
 comment on function tollgate.settle_many(jsonb) is
-  'Settlement of up to 32 calls in one transaction, each as settle() settles it (in user id order). All or nothing: on an error, send each call to settle() alone. Called by the ai function as postgres (or service_role); never by clients.';
+  'Settlement of up to 32 calls in one transaction, each as settle() settles it, the rollups of all of them applied at once. All or nothing: on an error, send each call to settle() alone. Called by the ai function as postgres (or service_role); never by clients.';
 revoke all on function tollgate.settle_many(jsonb) from public, anon, authenticated;
 grant execute on function tollgate.settle_many(jsonb) to service_role;

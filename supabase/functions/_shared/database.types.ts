@@ -1558,6 +1558,7 @@ export type Database = {
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
+      "record_call": { Args: { "call": Json }; Returns: Record<string, unknown> };
       "record_upstream": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "register_provider_keys": { Args: { "keys": Json }; Returns: number };
       "revive_provider_key": { Args: { "label": string; "provider": string }; Returns: boolean };
