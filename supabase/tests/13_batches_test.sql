@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(16);
+select plan(18);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -128,6 +128,24 @@ select is(
    where request_id in (select (request ->> 'request_id')::uuid from batch) and status = 'settled'),
   3::bigint,
   'every reservation of the batch is completed');
+select results_eq(
+  $$select d.user_id, d.calls, d.input_tokens, d.output_tokens, d.cost_usd, d.reserved_tokens, d.reserved_cost_usd
+    from public.user_usage_daily as d
+    where d.user_id in (select id from ids where name in ('a', 'two'))
+    order by d.user_id$$,
+  $$select c.user_id, count(*)::integer, sum(c.input_tokens)::bigint, sum(c.output_tokens)::bigint,
+      sum(c.estimated_cost)::numeric(14,6), 0::bigint, 0::numeric(14,6)
+    from public.ai_api_calls as c
+    where c.user_id in (select id from ids where name in ('a', 'two'))
+    group by c.user_id
+    order by c.user_id$$,
+  'the batch''s rollups (applied at once) equal the call rows, and every estimate is released');
+select is(
+  (select sum(t.calls)::integer from tollgate.usage_daily as t where t.feature = 'default' and t.day = current_date)
+    - (select count(*)::integer from public.ai_api_calls as c where c.feature = 'default'
+       and (c.created_at at time zone 'UTC')::date = current_date),
+  0,
+  'usage_daily counts every call of the batch once');
 select lives_ok(
   format('select tollgate.settle_many(%L)',
     (select jsonb_agg(pg_temp.call_for(b.request) order by b.position) from batch as b where b.position in (1, 2, 3))),
