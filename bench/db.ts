@@ -161,7 +161,7 @@ async function prepareThroughput(admin: Sql, sql: Sql): Promise<string[]> {
   return (await sql`select id from bench.users order by n`).map((row) => row.id as string);
 }
 
-/** What a pair writes (admit, settle). */
+/** The log and rollup tables a pair writes (admit, settle). */
 const pairTables = [
   "public.api_usage",
   "public.ai_api_calls",
@@ -169,16 +169,17 @@ const pairTables = [
   "tollgate.usage_daily",
   "tollgate.budget_periods",
   "tollgate.budget_settlements",
-  "tollgate.provider_keys",
   "tollgate.provider_key_usage_daily",
 ];
 
 /**
- * Every row starts from the same state: autovacuum is off during the rows, and the tables a pair writes are vacuumed
- * before each (an autovacuum in the middle of one row, not the next, would decide a comparison).
+ * Every row starts from the same state: empty logs and rollups, and autovacuum off during the rows. Otherwise each row
+ * would run against what the rows before it left — longer per-user windows to count, larger indexes, an autovacuum in
+ * the middle of one row and not the next — and the order of the rows would decide a comparison.
  */
-async function vacuumPairTables(admin: Sql): Promise<void> {
-  await admin.unsafe(`vacuum ${pairTables.join(", ")}`);
+async function resetPairTables(admin: Sql): Promise<void> {
+  await admin.unsafe(`truncate ${pairTables.join(", ")}`);
+  await admin`vacuum tollgate.provider_keys`;
 }
 
 /** Puts the `openai` provider's keys in the variant's state, afresh (no minute counters carried over). */
@@ -543,7 +544,7 @@ async function measureBaseline(admin: Sql, url: string): Promise<Baseline[]> {
   for (const connections of connectionCounts) {
     progress(`baseline: the bare pair from pgbench with ${connections} connection(s), ${seconds} s`);
     const raw = await undisturbed(
-      () => vacuumPairTables(admin),
+      () => resetPairTables(admin),
       async () => {
         const run = await pgbench(url, connections, bareScript);
         return run && { ...run, otherCores: 0 };
@@ -667,7 +668,7 @@ async function measureCell(
       );
       const raw = await undisturbed(async () => {
         await setVariant(sql, variant);
-        await vacuumPairTables(admin);
+        await resetPairTables(admin);
       }, () => measure(variant));
       if (!raw) return [];
       if (!checkOk(variant, raw.check)) {
@@ -738,7 +739,8 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
     const pairMicroseconds = (performance.now() - started) * 1000 / profiledPairs;
 
     const functions: FunctionProfile[] = [];
-    for (const name of ["admit", "settle"]) {
+    // settle() is record_call() and then the rollups: record_call's statements are shown as its own table.
+    for (const name of ["admit", "settle", "record_call"]) {
       const signature = `tollgate.${name}(jsonb)`;
       const lines = new Map<number, string>(
         (await sql`
@@ -943,7 +945,7 @@ function report(
       `One pair = \`tollgate.admit\` then \`tollgate.settle\` (two transactions) for a random user of ${users.toLocaleString()} ` +
         `on a tier whose limits are out of reach, against the global budget (a hard cap); ${seconds} s per row after a ` +
         `2 s warm-up (and before the first row, ${seconds + 2} s of unmeasured load and a \`vacuum analyze\`); ` +
-        "autovacuum off meanwhile, the tables a pair writes vacuumed before each row, so that every row starts from " +
+        "autovacuum off meanwhile, the log and rollup tables a pair writes emptied before each row, so that every row starts from " +
         "the same state" +
         `${
           rounds > 1
@@ -1097,15 +1099,17 @@ function report(
   if (profile) {
     const shown = 8;
     const us = (value: number) => Math.round(value).toLocaleString();
-    const bodies = profile.functions.reduce((sum, f) => sum + f.microsecondsPerCall, 0);
+    const topLevel = profile.functions.filter((f) => f.name !== "tollgate.record_call");
+    const bodies = topLevel.reduce((sum, f) => sum + f.microsecondsPerCall, 0);
     lines.push("### Where a pair's time goes", "");
     lines.push(
       `${profile.pairs.toLocaleString()} pairs one after the other on one connection, with plpgsql_check's profiler ` +
         "on for that session (it times every statement, which adds to the times: read the shares). A pair took " +
         `${us(profile.pairMicroseconds)} µs: ` +
-        profile.functions.map((f) => `${us(f.microsecondsPerCall)} µs in the body of \`${f.name}\``).join(", ") +
+        topLevel.map((f) => `${us(f.microsecondsPerCall)} µs in the body of \`${f.name}\``).join(", ") +
         `, and ${us(profile.pairMicroseconds - bodies)} µs around them (two statements' round trips, parse, ` +
-        "bind, commit, the client). The statements that took the most, per call:",
+        "bind, commit, the client). `tollgate.settle` is `tollgate.record_call` (everything but the rollups, shown " +
+        "as its own table) and then the rollups. The statements that took the most, per call:",
       "",
     );
     for (const f of profile.functions) {
@@ -1117,7 +1121,10 @@ function report(
       }
       const top = f.statements.slice(0, shown).reduce((sum, s) => sum + s.microseconds, 0);
       lines.push(
-        row(`the other ${f.statements.length - shown} statements, IF and loop conditions`, f.microsecondsPerCall - top),
+        row(
+          `the other ${Math.max(0, f.statements.length - shown)} statements, IF and loop conditions`,
+          f.microsecondsPerCall - top,
+        ),
         "",
       );
     }
@@ -1201,7 +1208,7 @@ if (import.meta.main) {
     let profile: PairProfile | undefined;
     if (connectionCounts.length) {
       progress(`profiling ${profiledPairs} pairs on one connection`);
-      await vacuumPairTables(admin);
+      await resetPairTables(admin);
       profile = await profilePairs(cluster.adminUrl, ids);
     }
     const baseline = connectionCounts.length ? await measureBaseline(admin, cluster.url) : [];

@@ -17,6 +17,7 @@ import {
   dbTest,
   request,
   settle,
+  type Sql,
   stack,
   uniqueName,
 } from "./stack/fixtures.ts";
@@ -113,36 +114,55 @@ dbTest("db: one user's admissions do not wait for another user's", async () => {
   }
 });
 
-dbTest("db: a global budget's hard cap is exact under concurrency across many users", async () => {
-  const sql = connect(100);
+/**
+ * Runs `test` with 300 fresh users and the global budget's limit set to leave room for exactly 25 requests of 0.01 USD
+ * (and less than a 26th) above what is committed now; `before` is that commitment. The limit is put back afterwards.
+ */
+async function withRoomFor25(
+  sql: Sql,
+  test: (users: string[], before: { spent: string; reserved: string }) => Promise<void>,
+): Promise<void> {
   const [budget] = await sql`select id, monthly_limit_usd::text as limit from tollgate.budgets where scope = 'global'`;
   try {
     const tier = await createTier(sql);
     const users = await createUsers(300, { tier });
     const [before] = await sql`
       select spent_usd::text as spent, reserved_usd::text as reserved from public.budget_status where scope = 'global'`;
-    // Room for exactly 25 requests of 0.01 USD (and less than a 26th) above what is committed now.
     await sql`
       update tollgate.budgets set monthly_limit_usd = ${before.spent}::numeric + ${before.reserved}::numeric + 0.255
       where id = ${budget.id}`;
-
-    const answers = await Promise.all(users.map((user) => admit(sql, request(user, { estimated_cost_usd: 0.01 }))));
-
-    assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
-    assert.equal(count(answers, (a) => a.code === "budget_exceeded" && a.layer === "budget"), 275);
-    const [during] = await sql`
-      select (reserved_usd - ${before.reserved}::numeric)::text as added, remaining_usd::text as remaining
-      from public.budget_status where scope = 'global'`;
-    assert.deepEqual(during, { added: "0.250000", remaining: "0.005000" }, "25 x 0.01 reserved, never past the limit");
-
-    // Settling releases every reservation: nothing leaks into a false "budget exceeded" later.
-    await Promise.all(answers.map((a, i) => a.allowed ? settle(sql, call(a, users[i], { cost_usd: 0.004 })) : null));
-    const [after] = await sql`
-      select (spent_usd - ${before.spent}::numeric)::text as spent, (reserved_usd - ${before.reserved}::numeric)::text as reserved
-      from public.budget_status where scope = 'global'`;
-    assert.deepEqual(after, { spent: "0.100000", reserved: "0.000000" }, "25 x 0.004 spent, the estimates released");
+    await test(users, before as { spent: string; reserved: string });
   } finally {
     await sql`update tollgate.budgets set monthly_limit_usd = ${budget.limit}::numeric where id = ${budget.id}`;
+  }
+}
+
+dbTest("db: a global budget's hard cap is exact under concurrency across many users", async () => {
+  const sql = connect(100);
+  try {
+    await withRoomFor25(sql, async (users, before) => {
+      const answers = await Promise.all(users.map((user) => admit(sql, request(user, { estimated_cost_usd: 0.01 }))));
+
+      assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
+      assert.equal(count(answers, (a) => a.code === "budget_exceeded" && a.layer === "budget"), 275);
+      const [during] = await sql`
+        select (reserved_usd - ${before.reserved}::numeric)::text as added, remaining_usd::text as remaining
+        from public.budget_status where scope = 'global'`;
+      assert.deepEqual(
+        during,
+        { added: "0.250000", remaining: "0.005000" },
+        "25 x 0.01 reserved, never past the limit",
+      );
+
+      // Settling releases every reservation: nothing leaks into a false "budget exceeded" later.
+      await Promise.all(answers.map((a, i) => a.allowed ? settle(sql, call(a, users[i], { cost_usd: 0.004 })) : null));
+      const [after] = await sql`
+        select (spent_usd - ${before.spent}::numeric)::text as spent,
+          (reserved_usd - ${before.reserved}::numeric)::text as reserved
+        from public.budget_status where scope = 'global'`;
+      assert.deepEqual(after, { spent: "0.100000", reserved: "0.000000" }, "25 x 0.004 spent, the estimates released");
+    });
+  } finally {
     await sql.end();
   }
 });
@@ -239,27 +259,19 @@ dbTest("db: admissions through the function's group commit keep a budget's hard 
   // Four ledgers, as four isolates of the ai function hold them, each sent 75 requests at once: most go in batches.
   const ledgers = Array.from({ length: 4 }, () => connectLedger(stack.dbUrl, { viaPooler: false }));
   const sql = connect(2);
-  const [budget] = await sql`select id, monthly_limit_usd::text as limit from tollgate.budgets where scope = 'global'`;
   try {
-    const tier = await createTier(sql);
-    const users = await createUsers(300, { tier });
-    const [before] = await sql`
-      select spent_usd::text as spent, reserved_usd::text as reserved from public.budget_status where scope = 'global'`;
-    await sql`
-      update tollgate.budgets set monthly_limit_usd = ${before.spent}::numeric + ${before.reserved}::numeric + 0.255
-      where id = ${budget.id}`;
+    await withRoomFor25(sql, async (users) => {
+      const answers = await Promise.all(
+        users.map((user, i) => ledgers[i % 4].admit({ ...request(user, { estimated_cost_usd: 0.01 }) })),
+      );
 
-    const answers = await Promise.all(
-      users.map((user, i) => ledgers[i % 4].admit({ ...request(user, { estimated_cost_usd: 0.01 }) })),
-    );
-
-    assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
-    assert.equal(count(answers, (a) => a.code === "budget_exceeded"), 275);
-    const [rows] = await sql`
-      select count(*)::int as reserved from public.api_usage where user_id in ${sql(users)}`;
-    assert.equal(rows.reserved, 25, "one reservation per admitted request");
+      assert.equal(count(answers, (a) => a.allowed), 25, "exactly as many as the budget holds");
+      assert.equal(count(answers, (a) => a.code === "budget_exceeded"), 275);
+      const [rows] = await sql`
+        select count(*)::int as reserved from public.api_usage where user_id in ${sql(users)}`;
+      assert.equal(rows.reserved, 25, "one reservation per admitted request");
+    });
   } finally {
-    await sql`update tollgate.budgets set monthly_limit_usd = ${budget.limit}::numeric where id = ${budget.id}`;
     await Promise.all(ledgers.map((ledger) => ledger.close()));
     await sql.end();
   }

@@ -31,6 +31,7 @@
 -- A batch holds at most 32 elements: it holds its users' locks until it commits, and
 -- the function's batches (supabase/functions/_shared/batching.ts) are no larger.
 -- ============================================================================
+
 -- ----------------------------------------------------------------------------
 -- tollgate.admit_many(requests jsonb) returns jsonb
 -- ----------------------------------------------------------------------------
@@ -44,6 +45,7 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_user uuid;
   v_answers jsonb := '[]'::jsonb;
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0) not between 1 and 32 then
@@ -52,16 +54,18 @@ begin
   end if;
 
   -- The user locks admit() takes, all of them first and in one order (see the header).
-  -- An element whose user_id is not a UUID is refused by admit() without a lock; a
-  -- dry run takes none either, and locking its user early only makes it wait.
-  perform pg_advisory_xact_lock(hashtextextended(l.user_id::text, 7104))
-  from (
-    select distinct (r.value ->> 'user_id')::uuid as user_id
+  -- An element whose user_id is not a UUID is refused by admit() without a lock. A dry
+  -- run's user is locked too, though admit() would not lock it: it only waits for that
+  -- user's admissions in flight.
+  for v_user in
+    select distinct (r.value ->> 'user_id')::uuid
     from jsonb_array_elements(requests) as r
     where jsonb_typeof(r.value -> 'user_id') = 'string'
       and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
     order by 1
-  ) as l;
+  loop
+    perform pg_advisory_xact_lock(hashtextextended(v_user::text, 7104));
+  end loop;
 
   for v_i in 0 .. jsonb_array_length(requests) - 1 loop
     v_answers := v_answers || jsonb_build_array(tollgate.admit(requests -> v_i));
@@ -87,7 +91,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_call jsonb;
   v_deltas tollgate.usage_delta[] := '{}';
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
