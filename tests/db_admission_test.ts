@@ -89,7 +89,7 @@ dbTest("db: one user's admissions do not wait for another user's", async () => {
   try {
     // Hold alice's admission lock, as a transaction admitting her would.
     await holder`begin`;
-    await holder`select pg_advisory_xact_lock(hashtextextended(${alice}::text, 7104))`;
+    await holder`select tollgate.lock_user(${alice})`;
 
     const started = performance.now();
     const forBob = await sql.begin(async (tx) => {

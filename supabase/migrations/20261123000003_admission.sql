@@ -143,6 +143,25 @@ comment on function tollgate.lock_budget(bigint) is
   'Internal: takes a budget''s lease lock until the end of the transaction (see lease_budget).';
 revoke all on function tollgate.lock_budget(bigint) from public, anon, authenticated;
 
+-- The user's lock: admit() serializes one user's admissions under it (see CONCURRENCY),
+-- and admit_many() takes it for all its users first. The key is a 64-bit hash of the
+-- user id, seeded so it does not meet other applications' advisory locks by accident.
+-- PL/pgSQL rather than SQL: a SQL function with a SET clause is planned again on every
+-- call, and this runs in every admission.
+create function tollgate.lock_user(user_id uuid)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended(lock_user.user_id::text, 7104));
+end;
+$$;
+comment on function tollgate.lock_user(uuid) is
+  'Internal: takes a user''s admission lock until the end of the transaction (see admit()).';
+revoke all on function tollgate.lock_user(uuid) from public, anon, authenticated;
+
 -- ----------------------------------------------------------------------------
 -- tollgate.lease_budget(): a hard-capped reservation its shard's lease cannot take
 -- ----------------------------------------------------------------------------
@@ -480,10 +499,9 @@ begin
 
     ---------------------------------------------------------------- the user's counters and windows, under the user lock
     -- Serializes this user's admissions (see CONCURRENCY above); released at commit.
-    -- The key is a 64-bit hash of the user id, seeded so it does not meet other
-    -- applications' advisory locks by accident. Dry runs decide without it.
+    -- Dry runs decide without it.
     if not v_dry_run then
-      perform pg_advisory_xact_lock(hashtextextended(v_req.user_id::text, 7104));
+      perform tollgate.lock_user(v_req.user_id);
     end if;
     v_now := clock_timestamp();
     v_today := (v_now at time zone 'UTC')::date;

@@ -21,7 +21,7 @@
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
--- first, in one statement, in user id order (admit() then finds each already held),
+-- first, in user id order (admit() then finds each already held),
 -- and settle_many() writes the rollups of all its calls last, in one statement per
 -- rollup, in key order. The rows an element locks after its user (a breaker's probe,
 -- a budget shard) may still be locked in another order than a lone call locks them:
@@ -64,7 +64,7 @@ begin
       and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
     order by 1
   loop
-    perform pg_advisory_xact_lock(hashtextextended(v_user::text, 7104));
+    perform tollgate.lock_user(v_user);
   end loop;
 
   for v_i in 0 .. jsonb_array_length(requests) - 1 loop

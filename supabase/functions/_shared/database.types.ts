@@ -1549,6 +1549,7 @@ export type Database = {
       };
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
       "lock_budget": { Args: { "budget_id": number }; Returns: undefined };
+      "lock_user": { Args: { "user_id": string }; Returns: undefined };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "provider_room": {

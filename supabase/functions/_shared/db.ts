@@ -82,12 +82,14 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     runOne: async (request) => await invoke("admit", { request }),
     maxInFlight: 1,
   });
-  const settleBatched = groupCommit<Json, unknown>({
+  const settleBatched = groupCommit<Json, void>({
     runBatch: async (calls) => {
       await invoke("settle_many", { calls });
-      return calls;
+      return calls.map(() => undefined);
     },
-    runOne: async (call) => await invoke("settle", { call }),
+    runOne: async (call) => {
+      await invoke("settle", { call });
+    },
     maxInFlight: 1,
   });
 
