@@ -354,27 +354,44 @@ async function denoThroughput(
   }
 }
 
-/** The same pair from pgbench (prepared statements, one transaction per call, like the Deno client). */
-async function pgbenchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
-  const key = variant === "plain" ? "" : `, 'key', '${keyLabel}'`;
+/**
+ * `admitRequest` and `settleCall` as SQL for pgbench scripts, over SQL expressions for the two ids: their constant
+ * keys as one JSON literal, so that every client sends the same pair. A space follows each key's colon: pgbench reads
+ * `:true` as its variable `true` (the values here hold no `":`).
+ */
+const jsonSql = (value: object) => `'${JSON.stringify(value).replaceAll('":', '": ').replaceAll("'", "''")}'::jsonb`;
+const withIds = (fields: object, requestId: string, userId: string) =>
+  `(${jsonSql(fields)} || jsonb_build_object('request_id', ${requestId}, 'user_id', ${userId}))`;
+const admitRequestSql = (requestId: string, userId: string) => withIds(admitRequest("", ""), requestId, userId);
+const settleCallSql = (requestId: string, userId: string, variant: Variant) =>
+  withIds(settleCall("", "", variant), requestId, userId);
+
+/** A pgbench script of pairs, with the reservations' check as the other clients have it. */
+async function pgbenchPairs(
+  url: string,
+  connections: number,
+  script: string[],
+  pairsPerRun = 1,
+): Promise<Raw | undefined> {
   const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
     const [{ since }] = await sql`select now() as since`;
-    const run = await pgbench(url, connections, [
-      `\\set n random(1, ${users})`,
-      `select id as uid, gen_random_uuid() as rid from bench.users where n = :n \\gset`,
-      `select tollgate.admit(jsonb_build_object('request_id', :rid::uuid, 'user_id', :uid::uuid, 'model', 'gpt-4o-mini',` +
-      ` 'estimated_input_tokens', 200, 'max_output_tokens', 256, 'estimated_cost_usd', 0.0002)) is not null;`,
-      `select tollgate.settle(jsonb_build_object('request_id', :rid::uuid, 'user_id', :uid::uuid, 'provider', 'openai',` +
-      ` 'model', 'gpt-4o-mini', 'status', 'success', 'input_tokens', 200, 'output_tokens', 100, 'latency_ms', 300,` +
-      ` 'cost_usd', 0.00009, 'attempts_detail', jsonb_build_array(jsonb_build_object('provider', 'openai',` +
-      ` 'model', 'gpt-4o-mini', 'ok', true, 'status', 200${key})))) is not null;`,
-    ]);
+    const run = await pgbench(url, connections, script, pairsPerRun);
     if (!run) return undefined;
     return { ...run, admit: [], settle: [], pair: [], check: await checkSince(sql, since), otherCores: 0 };
   } finally {
     await sql.end();
   }
+}
+
+/** The same pair from pgbench (prepared statements, one transaction per call, like the Deno client). */
+function pgbenchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
+  return pgbenchPairs(url, connections, [
+    `\\set n random(1, ${users})`,
+    `select id as uid, gen_random_uuid() as rid from bench.users where n = :n \\gset`,
+    `select tollgate.admit(${admitRequestSql(":rid::uuid", ":uid::uuid")}) is not null;`,
+    `select tollgate.settle(${settleCallSql(":rid::uuid", ":uid::uuid", variant)}) is not null;`,
+  ]);
 }
 
 /** Requests per batch in the batched pgbench rows. */
@@ -385,28 +402,17 @@ const batchSize = 16;
  * then `tollgate.settle_many` with their calls (another) — what the database sustains when the function's group
  * commit fills its batches.
  */
-async function pgbenchBatchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
-  const key = variant === "plain" ? "" : `, 'key', '${keyLabel}'`;
-  const sql = postgres(url, { max: 1, onnotice: () => {} });
-  try {
-    const [{ since }] = await sql`select now() as since`;
-    const run = await pgbench(url, connections, [
-      `select jsonb_agg(jsonb_build_object('request_id', gen_random_uuid(), 'user_id', u.id, 'model', 'gpt-4o-mini',` +
-      ` 'estimated_input_tokens', 200, 'max_output_tokens', 256, 'estimated_cost_usd', 0.0002)) as requests` +
-      ` from (select 1 + floor(random() * ${users})::int as n from generate_series(1, ${batchSize})) as r` +
-      ` join bench.users as u using (n) \\gset`,
-      `select tollgate.admit_many(:requests::jsonb) is not null;`,
-      `select tollgate.settle_many((select jsonb_agg(jsonb_build_object('request_id', r.value -> 'request_id',` +
-      ` 'user_id', r.value -> 'user_id', 'provider', 'openai', 'model', 'gpt-4o-mini', 'status', 'success',` +
-      ` 'input_tokens', 200, 'output_tokens', 100, 'latency_ms', 300, 'cost_usd', 0.00009, 'attempts_detail',` +
-      ` jsonb_build_array(jsonb_build_object('provider', 'openai', 'model', 'gpt-4o-mini', 'ok', true, 'status', 200${key}))))` +
-      ` from jsonb_array_elements(:requests::jsonb) as r)) is null;`,
-    ], batchSize);
-    if (!run) return undefined;
-    return { ...run, admit: [], settle: [], pair: [], check: await checkSince(sql, since), otherCores: 0 };
-  } finally {
-    await sql.end();
-  }
+function pgbenchBatchThroughput(url: string, connections: number, variant: Variant): Promise<Raw | undefined> {
+  return pgbenchPairs(url, connections, [
+    `select jsonb_agg(${admitRequestSql("gen_random_uuid()", "u.id")}) as requests` +
+    ` from (select 1 + floor(random() * ${users})::int as n from generate_series(1, ${batchSize})) as r` +
+    ` join bench.users as u using (n) \\gset`,
+    `select tollgate.admit_many(:requests::jsonb) is not null;`,
+    `select tollgate.settle_many((select jsonb_agg(${
+      settleCallSql("r.value -> 'request_id'", "r.value -> 'user_id'", variant)
+    })` +
+    ` from jsonb_array_elements(:requests::jsonb) as r)) is null;`,
+  ], batchSize);
 }
 
 /** A pgbench script, run 2 s to warm up and then `seconds`; each run of the script counts as `pairsPerRun` pairs. */
