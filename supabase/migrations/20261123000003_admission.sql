@@ -129,6 +129,26 @@ create type tollgate.admit_request as (
 );
 comment on type tollgate.admit_request is 'Internal: admit()''s input after validation.';
 
+-- A model's route as admission reads it: each step's provider, model, breaker state,
+-- whether a half-open probe is due, the key to use, whether every key of the provider
+-- is unusable and whether the provider is guarded; and the route's price overrides,
+-- with the primary step's prices per million tokens. admit_many() keeps the routes it
+-- has read for the rest of its batch (see admit_one()).
+create type tollgate.route_read as (
+  model text,
+  providers text[],
+  models text[],
+  states text[],
+  probe_due boolean[],
+  keys text[],
+  exhausted boolean[],
+  guarded boolean[],
+  prices jsonb,
+  input_per_mtok numeric,
+  output_per_mtok numeric
+);
+comment on type tollgate.route_read is 'Internal: a route read by admit_one(), kept for the rest of a batch.';
+
 -- The budget's lock: leases are granted (lease_budget) and taken back
 -- (budgets_take_back_leases) only under it, until the end of the transaction.
 create function tollgate.lock_budget(budget_id bigint)
@@ -281,17 +301,19 @@ referencing old table as old_budgets new table as new_budgets
 for each statement
 execute function tollgate.budgets_take_back_leases();
 
--- How this function is written: PL/pgSQL keeps each statement's plan for the session,
--- but sets up its executor state again in every transaction — and every call is its
--- own transaction. The cost is therefore mostly in the NUMBER of statements run, so
--- admission reads in a few wide statements (configuration; the user's counters and
--- windows; route, prices and budgets) and writes in three (api_usage,
+-- admit() is admit_one() with no routes read yet; admit_many() (the batches migration)
+-- passes the routes its earlier requests read, so that a batch reads a model's route
+-- once.
+--
+-- How admit_one() is written: PL/pgSQL keeps each statement's plan for the session,
+-- but sets up its executor state again in every transaction — and every lone call is
+-- its own transaction. The cost is therefore mostly in the NUMBER of statements run,
+-- so admission reads in a few wide statements (configuration; the user's counters and
+-- windows; the route and prices; the budgets) and writes in three (api_usage,
 -- user_usage_daily, budget_periods).
-create function tollgate.admit(request jsonb)
-returns jsonb
+create function tollgate.admit_one(request jsonb, inout routes tollgate.route_read[], out answer jsonb)
 language plpgsql
 volatile
-security definer
 set search_path = ''
 as $$
 declare
@@ -356,6 +378,7 @@ declare
   v_shed text;
   v_shed_depth integer;
   v_queue_depth bigint;
+  v_route tollgate.route_read;
   v_prices_json jsonb;
   v_price_in numeric;
   v_price_out numeric;
@@ -542,10 +565,9 @@ begin
 
     -- A full window: wait until enough of its oldest requests have left it for one
     -- more to fit (the longest such wait over the windows).
-    for v_window_block in
-      select w.value from jsonb_array_elements(v_windows) as w
-      where (w.value ->> 'count')::bigint >= (w.value ->> 'limit')::bigint
-    loop
+    for v_i in 0 .. jsonb_array_length(v_windows) - 1 loop
+      v_window_block := v_windows -> v_i;
+      continue when (v_window_block ->> 'count')::bigint < (v_window_block ->> 'limit')::bigint;
       v_kth := null;
       if (v_window_block ->> 'limit')::integer > 0 then
         select u.created_at into v_kth
@@ -654,58 +676,113 @@ begin
       end if;
     end if;
 
-    ---------------------------------------------------------------- route, prices and budgets, in one read
+    ---------------------------------------------------------------- route and prices, then budgets
     -- The route of the effective model with each step's breaker (no row: closed); a
     -- model without a route goes to one provider chosen by its name. The price
     -- overrides of the route's models (a dated snapshot such as gpt-4o-2024-08-06
     -- matches its undated row); the primary step's replaces the function's estimate.
-    -- The budgets that apply, with their month-to-date commitment.
-    with route as (
-      select rt.position, rt.provider, rt.model
-      from tollgate.route_targets as rt
-      where rt.route_model = v_effective_model
-      union all
-      select 1, case when v_effective_model like 'claude%' then 'anthropic' else 'openai' end, v_effective_model
-      where not exists (select from tollgate.route_targets as rt2 where rt2.route_model = v_effective_model)
-    ),
-    steps as (
-      select r.position, r.provider, r.model, coalesce(h.state, 'closed') as state,
-        coalesce(
-          (h.state = 'open' and h.opened_at + make_interval(secs => h.cooldown_seconds) <= v_now)
-          or (h.state = 'half_open' and h.probe_started_at + make_interval(secs => h.cooldown_seconds) <= v_now),
-          false) as probe_due,
-        k.key, coalesce(k.exhausted, false) as exhausted,
-        coalesce(k.guarded, false)
-          or exists (select from tollgate.upstream_queue as q where q.provider = r.provider) as guarded
-      from route as r
-      left join tollgate.provider_health as h on h.provider = r.provider and h.model = r.model
-      -- The provider's keys (see the upstream migration): the first usable one; none
-      -- usable (dead, expired, over budget); or a key under a ceiling or low on
-      -- headroom, which sends admission to its queue step.
-      left join lateral (
+    -- A batch reads each model's route once: `routes` holds those its earlier
+    -- requests read, and is emptied whenever one of them changes provider state (a
+    -- probe, the upstream step), so a route used here is never older than the batch.
+    v_route := null;
+    for v_i in 1 .. coalesce(cardinality(routes), 0) loop
+      if (routes[v_i]).model = v_effective_model then
+        v_route := routes[v_i];
+        exit;
+      end if;
+    end loop;
+    if v_route.model is null then
+      with route as (
+        select rt.position, rt.provider, rt.model
+        from tollgate.route_targets as rt
+        where rt.route_model = v_effective_model
+        union all
+        select 1, case when v_effective_model like 'claude%' then 'anthropic' else 'openai' end, v_effective_model
+        where not exists (select from tollgate.route_targets as rt2 where rt2.route_model = v_effective_model)
+      ),
+      steps as (
+        select r.position, r.provider, r.model, coalesce(h.state, 'closed') as state,
+          coalesce(
+            (h.state = 'open' and h.opened_at + make_interval(secs => h.cooldown_seconds) <= v_now)
+            or (h.state = 'half_open' and h.probe_started_at + make_interval(secs => h.cooldown_seconds) <= v_now),
+            false) as probe_due,
+          k.key, coalesce(k.exhausted, false) as exhausted,
+          coalesce(k.guarded, false)
+            or exists (select from tollgate.upstream_queue as q where q.provider = r.provider) as guarded
+        from route as r
+        left join tollgate.provider_health as h on h.provider = r.provider and h.model = r.model
+        -- The provider's keys (see the upstream migration): the first usable one; none
+        -- usable (dead, expired, over budget); or a key under a ceiling or low on
+        -- headroom, which sends admission to its queue step.
+        left join lateral (
+          select
+            (array_agg(pk.label order by pk.position) filter (where pk.usable))[1] as key,
+            not bool_or(pk.usable) as exhausted,
+            bool_or(pk.usable and (pk.max_in_flight is not null or pk.requests_per_minute is not null
+              or pk.tokens_per_minute is not null
+              or (pk.observed_at is not null and (pk.requests_reset_at > v_now or pk.tokens_reset_at > v_now))))
+              as guarded
+          from (
+            -- key_usable() decides; a key with no expiry and no budget needs no call.
+            select k2.*, case when k2.expires_on is null and k2.daily_budget_usd is null then k2.state = 'active'
+                else tollgate.key_usable(k2, v_now) end as usable
+            from tollgate.provider_keys as k2
+            where k2.provider = r.provider
+          ) as pk
+        ) as k on true
+      ),
+      prices as (
+        select mp.*, s.position
+        from steps as s
+        join tollgate.model_prices as mp on mp.provider = s.provider
+          and mp.model in (lower(s.model), regexp_replace(lower(s.model), '-(\d{4}-\d{2}-\d{2}|\d{8})$', ''))
+      )
+      select v_effective_model, r.providers, r.models, r.states, r.probe_due, r.keys, r.exhausted, r.guarded,
+        p.prices, p.input_per_mtok, p.output_per_mtok
+      into v_route
+      from (
+        select array_agg(s.provider order by s.position) as providers, array_agg(s.model order by s.position) as models,
+          array_agg(s.state order by s.position) as states, array_agg(s.probe_due order by s.position) as probe_due,
+          array_agg(s.key order by s.position) as keys, array_agg(s.exhausted order by s.position) as exhausted,
+          array_agg(s.guarded order by s.position) as guarded
+        from steps as s
+      ) as r
+      cross join (
         select
-          (array_agg(pk.label order by pk.position) filter (where pk.usable))[1] as key,
-          not bool_or(pk.usable) as exhausted,
-          bool_or(pk.usable and (pk.max_in_flight is not null or pk.requests_per_minute is not null
-            or pk.tokens_per_minute is not null
-            or (pk.observed_at is not null and (pk.requests_reset_at > v_now or pk.tokens_reset_at > v_now))))
-            as guarded
-        from (
-          -- key_usable() decides; a key with no expiry and no budget needs no call.
-          select k2.*, case when k2.expires_on is null and k2.daily_budget_usd is null then k2.state = 'active'
-              else tollgate.key_usable(k2, v_now) end as usable
-          from tollgate.provider_keys as k2
-          where k2.provider = r.provider
-        ) as pk
-      ) as k on true
-    ),
-    prices as (
-      select mp.*, s.position
-      from steps as s
-      join tollgate.model_prices as mp on mp.provider = s.provider
-        and mp.model in (lower(s.model), regexp_replace(lower(s.model), '-(\d{4}-\d{2}-\d{2}|\d{8})$', ''))
-    ),
-    budgets as (
+          coalesce(jsonb_agg(distinct jsonb_build_object(
+            'provider', pr.provider,
+            'model', pr.model,
+            'input_per_mtok', pr.input_per_mtok,
+            'output_per_mtok', pr.output_per_mtok,
+            'cached_input_per_mtok', pr.cached_input_per_mtok,
+            'cache_write_per_mtok', pr.cache_write_per_mtok)), '[]') as prices,
+          (array_agg(pr.input_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1]
+            as input_per_mtok,
+          (array_agg(pr.output_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1]
+            as output_per_mtok
+        from prices as pr
+      ) as p;
+      routes := routes || v_route;
+    end if;
+    v_route_providers := v_route.providers;
+    v_route_models := v_route.models;
+    v_route_states := v_route.states;
+    v_route_probe_due := v_route.probe_due;
+    v_route_keys := v_route.keys;
+    v_route_exhausted := v_route.exhausted;
+    v_route_guarded := v_route.guarded;
+    v_prices_json := v_route.prices;
+    v_price_in := v_route.input_per_mtok;
+    v_price_out := v_route.output_per_mtok;
+
+    -- The budgets that apply, with their month-to-date commitment (read per request).
+    select coalesce(array_agg(bu.id order by bu.id), '{}'),
+      coalesce(array_agg(bu.monthly_limit_usd order by bu.id), '{}'),
+      coalesce(array_agg(bu.capped order by bu.id), '{}'),
+      array_agg(bu.reserved_total_usd order by bu.id),
+      array_agg(bu.settled_net_usd order by bu.id)
+    into v_budget_ids, v_budget_limits, v_budget_capped, v_budget_reserved, v_budget_settled
+    from (
       -- committed = reserved_total - released + spent (see budget_periods). Settlements
       -- read here may be a moment old: they only ever lower the commitment (unless a
       -- call cost more than its estimate), so a stale read errs on the safe side.
@@ -721,47 +798,18 @@ begin
           where st.budget_id = b.id and st.period_start = v_month), 0) as settled_net_usd
       from tollgate.budgets as b
       where b.scope = 'global' or b.feature = v_feature_name
-    )
-    select r.providers, r.models, r.states, r.probe_due, r.keys, r.exhausted, r.guarded, p.prices,
-      p.input_per_mtok, p.output_per_mtok, b.ids, b.limits, b.capped, b.reserved_totals, b.settled_nets
-    into v_route_providers, v_route_models, v_route_states, v_route_probe_due, v_route_keys, v_route_exhausted,
-      v_route_guarded, v_prices_json, v_price_in, v_price_out, v_budget_ids, v_budget_limits,
-      v_budget_capped, v_budget_reserved, v_budget_settled
-    from (
-      select array_agg(s.provider order by s.position) as providers, array_agg(s.model order by s.position) as models,
-        array_agg(s.state order by s.position) as states, array_agg(s.probe_due order by s.position) as probe_due,
-        array_agg(s.key order by s.position) as keys, array_agg(s.exhausted order by s.position) as exhausted,
-        array_agg(s.guarded order by s.position) as guarded
-      from steps as s
-    ) as r
-    cross join (
-      select
-        coalesce(jsonb_agg(distinct jsonb_build_object(
-          'provider', pr.provider,
-          'model', pr.model,
-          'input_per_mtok', pr.input_per_mtok,
-          'output_per_mtok', pr.output_per_mtok,
-          'cached_input_per_mtok', pr.cached_input_per_mtok,
-          'cache_write_per_mtok', pr.cache_write_per_mtok)), '[]') as prices,
-        (array_agg(pr.input_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1] as input_per_mtok,
-        (array_agg(pr.output_per_mtok order by length(pr.model) desc) filter (where pr.position = 1))[1] as output_per_mtok
-      from prices as pr
-    ) as p
-    cross join (
-      select coalesce(array_agg(bu.id order by bu.id), '{}') as ids,
-        coalesce(array_agg(bu.monthly_limit_usd order by bu.id), '{}') as limits,
-        coalesce(array_agg(bu.capped order by bu.id), '{}') as capped,
-        array_agg(bu.reserved_total_usd order by bu.id) as reserved_totals,
-        array_agg(bu.settled_net_usd order by bu.id) as settled_nets
-      from budgets as bu
-    ) as b;
+    ) as bu;
 
     -- The primary step, the first the function will try: past open breakers (three
     -- 429s in a row open one too) and providers whose keys are all dead, expired or
     -- over budget — shown `open`, so that the function skips them as well.
-    select min(i) into v_primary
-    from generate_subscripts(v_route_providers, 1) as i
-    where (v_route_states[i] <> 'open' or v_route_probe_due[i]) and not v_route_exhausted[i];
+    v_primary := null;
+    for v_i in 1 .. coalesce(cardinality(v_route_providers), 0) loop
+      if (v_route_states[v_i] <> 'open' or v_route_probe_due[v_i]) and not v_route_exhausted[v_i] then
+        v_primary := v_i;
+        exit;
+      end if;
+    end loop;
     if v_duplicate then
       -- A retried admission keeps the key its reservation holds.
       v_route_keys[v_primary] := coalesce(v_existing ->> 'provider_key', v_route_keys[v_primary]);
@@ -860,6 +908,7 @@ begin
       if not v_cached and not v_dry_run and v_route_guarded[v_primary] then
         v_upstream := tollgate.upstream_admission(v_req.request_id, v_req.user_id, v_route_providers[v_primary],
           v_feature_priority, v_reserved_tokens, v_now);
+        routes := '{}'; -- it may have changed the provider's queue and keys
         if v_upstream ->> 'decision' = 'go' then
           v_route_keys[v_primary] := v_upstream ->> 'key';
           v_holds_slot := (v_upstream ->> 'holds_slot')::boolean;
@@ -919,6 +968,8 @@ begin
           end if;
         end if;
       end loop;
+      -- Breakers changed (or were found taken): later requests of a batch read them again.
+      routes := '{}';
     end if;
 
     insert into public.api_usage (
@@ -1122,10 +1173,24 @@ begin
     end loop;
     exit passes; -- reserved on every budget: the answer of pass 1 stands
   end loop;
-  return v_answer;
+  answer := v_answer;
 end;
 $$;
+comment on function tollgate.admit_one(jsonb, tollgate.route_read[]) is
+  'Internal to admit() and admit_many(): one admission, given the routes its batch has read so far (and returning them).';
+revoke all on function tollgate.admit_one(jsonb, tollgate.route_read[]) from public, anon, authenticated;
 
+create function tollgate.admit(request jsonb)
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+begin
+  return (tollgate.admit_one(request, '{}')).answer;
+end;
+$$;
 comment on function tollgate.admit(jsonb) is
   'Admission: decides (feature, anomaly, budget, throttle, windows, quotas, cost cap), reserves the estimate and returns the decision, limits, restricted-mode caps, route with breaker states, price overrides and cache hit as one JSON object. Atomic under concurrency. Called by the ai function as postgres (or service_role); never by clients. Contract in the header of this migration.';
 

@@ -19,6 +19,13 @@
 -- one admission batch count against that user's windows one after the other, in the
 -- order given.
 --
+-- One read is shared: a model's route (its steps' breakers and keys, its prices) is
+-- read by the first element routed to that model and used by the later ones, until
+-- an element changes provider state (takes a half-open probe, goes through the
+-- upstream step) and the next one reads it again. So a route is never older than the
+-- batch, as a lone admission's is never older than itself; what other transactions
+-- change meanwhile shows in the next batch.
+--
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
 -- first, in user id order (admit() then finds each already held),
@@ -46,7 +53,9 @@ set search_path = ''
 as $$
 declare
   v_user uuid;
-  v_answers jsonb := '[]'::jsonb;
+  v_routes tollgate.route_read[] := '{}';
+  v_admission record;
+  v_answers jsonb[] := '{}';
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0) not between 1 and 32 then
     raise exception 'tollgate.admit_many: requests must be an array of 1 to 32 admit() requests'
@@ -67,10 +76,13 @@ begin
     perform tollgate.lock_user(v_user);
   end loop;
 
+  -- Each request given the routes the ones before it read (see admit_one()).
   for v_i in 0 .. jsonb_array_length(requests) - 1 loop
-    v_answers := v_answers || jsonb_build_array(tollgate.admit(requests -> v_i));
+    v_admission := tollgate.admit_one(requests -> v_i, v_routes);
+    v_routes := v_admission.routes;
+    v_answers := v_answers || v_admission.answer;
   end loop;
-  return v_answers;
+  return to_jsonb(v_answers);
 end;
 $$;
 comment on function tollgate.admit_many(jsonb) is

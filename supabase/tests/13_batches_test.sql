@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(18);
+select plan(22);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -154,6 +154,46 @@ select is(
   (select count(*) from public.ai_api_calls where request_id in (select (request ->> 'request_id')::uuid from batch)),
   3::bigint,
   '... and writes no second row');
+
+-- ----------------------------------------------------------------------------
+-- Routes within a batch
+-- ----------------------------------------------------------------------------
+-- A batch reads each model's route once, and again after a request changed it: with
+-- gpt-4o's breaker open past its cooldown, the first gpt-4o request takes the probe
+-- and the later ones see the breaker open, as lone admissions would; gpt-4o-mini's
+-- route (priced here) and gpt-4o's (not) are each their own.
+insert into tollgate.provider_health (provider, model, state, consecutive_failures, opened_at)
+values ('openai', 'gpt-4o', 'open', 3, now() - interval '2 minutes');
+insert into tollgate.model_prices (provider, model, input_per_mtok, output_per_mtok)
+values ('openai', 'gpt-4o-mini', 0.15, 0.60);
+truncate answers;
+insert into answers
+select a.ordinality, a.value
+from jsonb_array_elements(tollgate.admit_many(jsonb_build_array(
+    pg_temp.request((select id from ids where name = 'a'), '{"model": "gpt-4o"}'),
+    pg_temp.request((select id from ids where name = 'a')),
+    pg_temp.request((select id from ids where name = 'b'), '{"model": "gpt-4o"}'),
+    pg_temp.request((select id from ids where name = 'b'))))) with ordinality as a;
+select is(
+  (select jsonb_agg(a.answer #> '{route,0}' order by a.position) from answers as a),
+  '[{"provider": "openai", "model": "gpt-4o", "state": "half_open", "probe": true, "key": null},
+    {"provider": "openai", "model": "gpt-4o-mini", "state": "closed", "probe": false, "key": null},
+    {"provider": "openai", "model": "gpt-4o", "state": "open", "probe": false, "key": null},
+    {"provider": "openai", "model": "gpt-4o-mini", "state": "closed", "probe": false, "key": null}]'::jsonb,
+  'in a batch, one request takes a half-open probe and the later ones see the breaker open');
+select is(
+  (select array_agg((a.answer #>> '{reserved,estimated_cost_usd}')::numeric order by a.position) from answers as a),
+  array[0.001, 0.000075, 0.001, 0.000075],
+  'each model''s prices are its own: gpt-4o-mini''s override (100 x 0.15 + 100 x 0.60 micro-dollars), none for gpt-4o');
+select is(
+  (select a.answer -> 'route' from answers as a where a.position = 4),
+  tollgate.admit(pg_temp.request((select id from ids where name = 'b'), '{"dry_run": true}')) -> 'route',
+  'a route used again within a batch is the route a lone admission reads');
+select is(
+  (select a.answer -> 'prices' from answers as a where a.position = 4),
+  '[{"provider": "openai", "model": "gpt-4o-mini", "input_per_mtok": 0.150000, "output_per_mtok": 0.600000,
+     "cached_input_per_mtok": null, "cache_write_per_mtok": null}]'::jsonb,
+  '... with its price overrides');
 
 select * from finish();
 rollback;

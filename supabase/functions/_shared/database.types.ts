@@ -1491,6 +1491,10 @@ export type Database = {
       };
       "admit": { Args: { "request": Json }; Returns: Json };
       "admit_many": { Args: { "requests": Json }; Returns: Json };
+      "admit_one": {
+        Args: { "request": Json; "routes": (Database["tollgate"]["CompositeTypes"]["route_read"])[] };
+        Returns: Record<string, unknown>;
+      };
       "alert_payload": {
         Args: {
           "alert": Omit<
@@ -1615,6 +1619,19 @@ export type Database = {
         "dry_run": boolean | null;
         "cache_key": string | null;
         "cache_ttl_seconds": number | null;
+      };
+      "route_read": {
+        "model": string | null;
+        "providers": (string)[] | null;
+        "models": (string)[] | null;
+        "states": (string)[] | null;
+        "probe_due": (boolean)[] | null;
+        "keys": (string)[] | null;
+        "exhausted": (boolean)[] | null;
+        "guarded": (boolean)[] | null;
+        "prices": Json | null;
+        "input_per_mtok": number | null;
+        "output_per_mtok": number | null;
       };
       "settle_call": {
         "request_id": string | null;
