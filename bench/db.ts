@@ -721,8 +721,8 @@ const profiledPairs = 3000;
 
 /**
  * Pairs one after the other on one connection, with plpgsql_check's profiler on for that session only: the time of
- * each statement in tollgate.admit and tollgate.settle. Then the relation locks one admission and one settlement hold,
- * counted in their own transactions.
+ * each statement in tollgate.admit_one (all of tollgate.admit) and tollgate.settle. Then the relation locks one
+ * admission and one settlement hold, counted in their own transactions.
  */
 async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfile> {
   const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
@@ -745,9 +745,14 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
     const pairMicroseconds = (performance.now() - started) * 1000 / profiledPairs;
 
     const functions: FunctionProfile[] = [];
-    // settle() is record_call() and then the rollups: record_call's statements are shown as its own table.
-    for (const name of ["admit", "settle", "record_call"]) {
-      const signature = `tollgate.${name}(jsonb)`;
+    // admit() only calls admit_one(), whose statements are shown instead. settle() is record_call() and then the
+    // rollups: record_call's statements are shown as its own table.
+    const signatures = {
+      admit_one: "tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[])",
+      settle: "tollgate.settle(jsonb)",
+      record_call: "tollgate.record_call(jsonb)",
+    };
+    for (const [name, signature] of Object.entries(signatures)) {
       const lines = new Map<number, string>(
         (await sql`
           select lineno, source from extensions.plpgsql_profiler_function_tb(${signature}::regprocedure)`)
@@ -1114,8 +1119,9 @@ function report(
         `${us(profile.pairMicroseconds)} µs: ` +
         topLevel.map((f) => `${us(f.microsecondsPerCall)} µs in the body of \`${f.name}\``).join(", ") +
         `, and ${us(profile.pairMicroseconds - bodies)} µs around them (two statements' round trips, parse, ` +
-        "bind, commit, the client). `tollgate.settle` is `tollgate.record_call` (everything but the rollups, shown " +
-        "as its own table) and then the rollups. The statements that took the most, per call:",
+        "bind, commit, the client). `tollgate.admit` is `tollgate.admit_one` with nothing read before it; " +
+        "`tollgate.settle` is `tollgate.record_call` (everything but the rollups, shown as its own table) and then " +
+        "the rollups. The statements that took the most, per call:",
       "",
     );
     for (const f of profile.functions) {

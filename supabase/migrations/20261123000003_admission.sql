@@ -149,6 +149,21 @@ create type tollgate.route_read as (
 );
 comment on type tollgate.route_read is 'Internal: a route read by admit_one(), kept for the rest of a batch.';
 
+-- The budgets that apply to a feature's requests as admission reads them (by budget
+-- id), with their month-to-date commitment: reserved in all shards, and settled net of
+-- what settlements released. admit_many() keeps them for the rest of its batch and
+-- adds each reservation the batch makes (see admit_one()).
+create type tollgate.budget_read as (
+  feature text,
+  period_start date,
+  ids bigint[],
+  limits numeric[],
+  capped boolean[],
+  reserved numeric[],
+  settled numeric[]
+);
+comment on type tollgate.budget_read is 'Internal: the budgets read by admit_one(), kept for the rest of a batch.';
+
 -- The budget's lock: leases are granted (lease_budget) and taken back
 -- (budgets_take_back_leases) only under it, until the end of the transaction.
 create function tollgate.lock_budget(budget_id bigint)
@@ -301,9 +316,9 @@ referencing old table as old_budgets new table as new_budgets
 for each statement
 execute function tollgate.budgets_take_back_leases();
 
--- admit() is admit_one() with no routes read yet; admit_many() (the batches migration)
--- passes the routes its earlier requests read, so that a batch reads a model's route
--- once.
+-- admit() is admit_one() with nothing read yet; admit_many() (the batches migration)
+-- passes the routes and budgets its earlier requests read, so that a batch reads a
+-- model's route and a feature's budgets once.
 --
 -- How admit_one() is written: PL/pgSQL keeps each statement's plan for the session,
 -- but sets up its executor state again in every transaction — and every lone call is
@@ -311,7 +326,12 @@ execute function tollgate.budgets_take_back_leases();
 -- so admission reads in a few wide statements (configuration; the user's counters and
 -- windows; the route and prices; the budgets) and writes in three (api_usage,
 -- user_usage_daily, budget_periods).
-create function tollgate.admit_one(request jsonb, inout routes tollgate.route_read[], out answer jsonb)
+create function tollgate.admit_one(
+  request jsonb,
+  inout routes tollgate.route_read[],
+  inout budgets tollgate.budget_read[],
+  out answer jsonb
+)
 language plpgsql
 volatile
 set search_path = ''
@@ -379,6 +399,8 @@ declare
   v_shed_depth integer;
   v_queue_depth bigint;
   v_route tollgate.route_read;
+  v_budget tollgate.budget_read;
+  v_reserved numeric[];
   v_prices_json jsonb;
   v_price_in numeric;
   v_price_out numeric;
@@ -775,30 +797,47 @@ begin
     v_price_in := v_route.input_per_mtok;
     v_price_out := v_route.output_per_mtok;
 
-    -- The budgets that apply, with their month-to-date commitment (read per request).
-    select coalesce(array_agg(bu.id order by bu.id), '{}'),
-      coalesce(array_agg(bu.monthly_limit_usd order by bu.id), '{}'),
-      coalesce(array_agg(bu.capped order by bu.id), '{}'),
-      array_agg(bu.reserved_total_usd order by bu.id),
-      array_agg(bu.settled_net_usd order by bu.id)
-    into v_budget_ids, v_budget_limits, v_budget_capped, v_budget_reserved, v_budget_settled
-    from (
-      -- committed = reserved_total - released + spent (see budget_periods). Settlements
-      -- read here may be a moment old: they only ever lower the commitment (unless a
-      -- call cost more than its estimate), so a stale read errs on the safe side.
-      select b.id, b.monthly_limit_usd,
-        b.hard_cap and not (b.exempt_critical and v_feature_priority = 'critical') as capped,
-        coalesce((
-          select sum(p.reserved_total_usd)
-          from tollgate.budget_periods as p
-          where p.budget_id = b.id and p.period_start = v_month), 0) as reserved_total_usd,
-        coalesce((
-          select sum(st.spent_usd - st.released_usd)
-          from tollgate.budget_settlements as st
-          where st.budget_id = b.id and st.period_start = v_month), 0) as settled_net_usd
-      from tollgate.budgets as b
-      where b.scope = 'global' or b.feature = v_feature_name
-    ) as bu;
+    -- The budgets that apply, with their month-to-date commitment. A batch reads them
+    -- once per feature and adds its own reservations as it makes them (below).
+    v_budget := null;
+    for v_i in 1 .. coalesce(cardinality(budgets), 0) loop
+      if (budgets[v_i]).feature = v_feature_name and (budgets[v_i]).period_start = v_month then
+        v_budget := budgets[v_i];
+        exit;
+      end if;
+    end loop;
+    if v_budget.feature is null then
+      select v_feature_name, v_month, coalesce(array_agg(bu.id order by bu.id), '{}'),
+        coalesce(array_agg(bu.monthly_limit_usd order by bu.id), '{}'),
+        coalesce(array_agg(bu.capped order by bu.id), '{}'),
+        coalesce(array_agg(bu.reserved_total_usd order by bu.id), '{}'),
+        coalesce(array_agg(bu.settled_net_usd order by bu.id), '{}')
+      into v_budget
+      from (
+        -- committed = reserved_total - released + spent (see budget_periods). What other
+        -- transactions reserve or settle meanwhile shows in the next read (the next batch):
+        -- a hard cap is checked again, atomically, where this request reserves (below), so
+        -- a read a moment old can only move a refusal from this layer to that one.
+        select b.id, b.monthly_limit_usd,
+          b.hard_cap and not (b.exempt_critical and v_feature_priority = 'critical') as capped,
+          coalesce((
+            select sum(p.reserved_total_usd)
+            from tollgate.budget_periods as p
+            where p.budget_id = b.id and p.period_start = v_month), 0) as reserved_total_usd,
+          coalesce((
+            select sum(st.spent_usd - st.released_usd)
+            from tollgate.budget_settlements as st
+            where st.budget_id = b.id and st.period_start = v_month), 0) as settled_net_usd
+        from tollgate.budgets as b
+        where b.scope = 'global' or b.feature = v_feature_name
+      ) as bu;
+      budgets := budgets || v_budget;
+    end if;
+    v_budget_ids := v_budget.ids;
+    v_budget_limits := v_budget.limits;
+    v_budget_capped := v_budget.capped;
+    v_budget_reserved := v_budget.reserved;
+    v_budget_settled := v_budget.settled;
 
     -- The primary step, the first the function will try: past open breakers (three
     -- 429s in a row open one too) and providers whose keys are all dead, expired or
@@ -1171,14 +1210,28 @@ begin
       end if;
       v_reserved_budgets := v_i;
     end loop;
-    exit passes; -- reserved on every budget: the answer of pass 1 stands
+    -- Reserved on every budget: the answer of pass 1 stands. The batch's later requests
+    -- see this reservation in the budgets it has read, as they would in a new read.
+    for v_b in 1 .. coalesce(cardinality(budgets), 0) loop
+      v_budget := budgets[v_b];
+      v_reserved := v_budget.reserved;
+      for v_j in 1 .. cardinality(v_budget.ids) loop
+        if v_budget.ids[v_j] = any (v_budget_ids) and v_budget.period_start = v_month then
+          v_reserved[v_j] := v_reserved[v_j] + v_estimate;
+        end if;
+      end loop;
+      v_budget.reserved := v_reserved;
+      budgets[v_b] := v_budget;
+    end loop;
+    exit passes;
   end loop;
   answer := v_answer;
 end;
 $$;
-comment on function tollgate.admit_one(jsonb, tollgate.route_read[]) is
-  'Internal to admit() and admit_many(): one admission, given the routes its batch has read so far (and returning them).';
-revoke all on function tollgate.admit_one(jsonb, tollgate.route_read[]) from public, anon, authenticated;
+comment on function tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[]) is
+  'Internal to admit() and admit_many(): one admission, given the routes and budgets its batch has read so far (and returning them).';
+revoke all on function tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[])
+  from public, anon, authenticated;
 
 create function tollgate.admit(request jsonb)
 returns jsonb
@@ -1188,7 +1241,7 @@ security definer
 set search_path = ''
 as $$
 begin
-  return (tollgate.admit_one(request, '{}')).answer;
+  return (tollgate.admit_one(request, '{}', '{}')).answer;
 end;
 $$;
 comment on function tollgate.admit(jsonb) is

@@ -19,12 +19,14 @@
 -- one admission batch count against that user's windows one after the other, in the
 -- order given.
 --
--- One read is shared: a model's route (its steps' breakers and keys, its prices) is
+-- Two reads are shared. A model's route (its steps' breakers and keys, its prices) is
 -- read by the first element routed to that model and used by the later ones, until
 -- an element changes provider state (takes a half-open probe, goes through the
--- upstream step) and the next one reads it again. So a route is never older than the
--- batch, as a lone admission's is never older than itself; what other transactions
--- change meanwhile shows in the next batch.
+-- upstream step) and the next one reads it again. A feature's budgets are read by its
+-- first element, and each reservation an element makes is added to them, as a new
+-- read would see it. So neither is older than the batch, as a lone admission's reads
+-- are never older than itself; what other transactions change meanwhile shows in the
+-- next batch (a budget's hard cap is checked again, atomically, by every reservation).
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
@@ -54,6 +56,7 @@ as $$
 declare
   v_user uuid;
   v_routes tollgate.route_read[] := '{}';
+  v_budgets tollgate.budget_read[] := '{}';
   v_admission record;
   v_answers jsonb[] := '{}';
 begin
@@ -76,10 +79,11 @@ begin
     perform tollgate.lock_user(v_user);
   end loop;
 
-  -- Each request given the routes the ones before it read (see admit_one()).
+  -- Each request given the routes and budgets the ones before it read (see admit_one()).
   for v_i in 0 .. jsonb_array_length(requests) - 1 loop
-    v_admission := tollgate.admit_one(requests -> v_i, v_routes);
+    v_admission := tollgate.admit_one(requests -> v_i, v_routes, v_budgets);
     v_routes := v_admission.routes;
+    v_budgets := v_admission.budgets;
     v_answers := v_answers || v_admission.answer;
   end loop;
   return to_jsonb(v_answers);

@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(22);
+select plan(25);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -156,7 +156,7 @@ select is(
   '... and writes no second row');
 
 -- ----------------------------------------------------------------------------
--- Routes within a batch
+-- Reads shared within a batch
 -- ----------------------------------------------------------------------------
 -- A batch reads each model's route once, and again after a request changed it: with
 -- gpt-4o's breaker open past its cooldown, the first gpt-4o request takes the probe
@@ -194,6 +194,33 @@ select is(
   '[{"provider": "openai", "model": "gpt-4o-mini", "input_per_mtok": 0.150000, "output_per_mtok": 0.600000,
      "cached_input_per_mtok": null, "cache_write_per_mtok": null}]'::jsonb,
   '... with its price overrides');
+
+-- A feature's budgets are read once per batch, and each reservation is added as it is
+-- made: with room for two requests, the third of a user whose window also allows two
+-- is refused at the budget layer, which comes first, as a lone admission would be.
+insert into tollgate.features (name, priority, allowed_models, cache_ttl_seconds) values ('capped', 'normal', null, 0);
+insert into tollgate.budgets (scope, feature, monthly_limit_usd, hard_cap) values ('feature', 'capped', 0.002, true);
+insert into ids values ('three', pg_temp.new_user('three@test', 'two'));
+truncate answers;
+insert into answers
+select a.ordinality, a.value
+from jsonb_array_elements(tollgate.admit_many((
+    select jsonb_agg(pg_temp.request((select id from ids where name = 'three'),
+      '{"feature": "capped", "model": "o3-mini"}'))
+    from generate_series(1, 3)))) with ordinality as a;
+select is(
+  (select array_agg(coalesce(a.answer ->> 'code', 'admitted') order by a.position) from answers as a),
+  array['admitted', 'admitted', 'budget_exceeded'],
+  'a batch''s reservations count in its later requests'' budget reads');
+select is(
+  (select a.answer ->> 'layer' from answers as a where a.position = 3),
+  'budget',
+  '... refused at the budget layer, before the full window');
+select is(
+  (select sum(p.reserved_total_usd) from tollgate.budget_periods as p
+   join tollgate.budgets as b on b.id = p.budget_id where b.feature = 'capped'),
+  0.002::numeric,
+  'the hard cap holds the two reservations exactly');
 
 select * from finish();
 rollback;

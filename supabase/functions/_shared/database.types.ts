@@ -1492,7 +1492,11 @@ export type Database = {
       "admit": { Args: { "request": Json }; Returns: Json };
       "admit_many": { Args: { "requests": Json }; Returns: Json };
       "admit_one": {
-        Args: { "request": Json; "routes": (Database["tollgate"]["CompositeTypes"]["route_read"])[] };
+        Args: {
+          "budgets": (Database["tollgate"]["CompositeTypes"]["budget_read"])[];
+          "request": Json;
+          "routes": (Database["tollgate"]["CompositeTypes"]["route_read"])[];
+        };
         Returns: Record<string, unknown>;
       };
       "alert_payload": {
@@ -1619,6 +1623,15 @@ export type Database = {
         "dry_run": boolean | null;
         "cache_key": string | null;
         "cache_ttl_seconds": number | null;
+      };
+      "budget_read": {
+        "feature": string | null;
+        "period_start": string | null;
+        "ids": (number)[] | null;
+        "limits": (number)[] | null;
+        "capped": (boolean)[] | null;
+        "reserved": (number)[] | null;
+        "settled": (number)[] | null;
       };
       "route_read": {
         "model": string | null;
