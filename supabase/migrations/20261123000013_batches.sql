@@ -30,8 +30,8 @@
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
--- first, in user id order (admit() then finds each already held),
--- and settle_many() writes the rollups of all its calls last, in one statement per
+-- first, in user id order (admit_one() then finds each already held), and
+-- settle_many() writes the rollups of all its calls last, in one statement per
 -- rollup, in key order. The rows an element locks after its user (a breaker's probe,
 -- a budget shard) may still be locked in another order than a lone call locks them:
 -- Postgres detects such a deadlock and aborts one side, whose elements are then sent
