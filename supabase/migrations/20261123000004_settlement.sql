@@ -735,13 +735,17 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_recorded record;
   v_answer jsonb;
   v_deltas tollgate.usage_delta[];
   v_delta tollgate.usage_delta;
   v_now timestamptz := clock_timestamp();
   v_shard integer := pg_backend_pid() % 16;
 begin
-  select r.answer, r.deltas into v_answer, v_deltas from tollgate.record_call(call) as r;
+  -- An assignment, not a query: PL/pgSQL runs the call without a statement's executor.
+  v_recorded := tollgate.record_call(call);
+  v_answer := v_recorded.answer;
+  v_deltas := v_recorded.deltas;
   if cardinality(v_deltas) = 0 then
     return v_answer; -- a duplicate
   elsif cardinality(v_deltas) > 1 then

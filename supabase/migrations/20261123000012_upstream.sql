@@ -468,10 +468,10 @@ begin
   -- such upgrades would deadlock): should its second read find less room, it waits in
   -- the queue for one poll instead.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
-  select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+  v_room := tollgate.provider_room(provider, estimated_tokens, at);
   if v_depth = 0 and v_room.roomy then
     perform pg_advisory_xact_lock_shared(v_lock);
-    select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+    v_room := tollgate.provider_room(provider, estimated_tokens, at);
     if v_room.roomy then
       if v_ticket.request_id is not null then
         delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
@@ -481,7 +481,7 @@ begin
     v_free := 0; -- less room than it seemed: one poll in the queue (see above)
   else
     perform pg_advisory_xact_lock(v_lock);
-    select * into v_room from tollgate.provider_room(provider, estimated_tokens, at);
+    v_room := tollgate.provider_room(provider, estimated_tokens, at);
     v_free := v_room.free;
   end if;
   v_key := v_room.best_key;

@@ -107,6 +107,7 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_recorded record;
   v_deltas tollgate.usage_delta[] := '{}';
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
@@ -114,7 +115,8 @@ begin
       using errcode = '22023';
   end if;
   for v_i in 0 .. jsonb_array_length(calls) - 1 loop
-    v_deltas := v_deltas || (select r.deltas from tollgate.record_call(calls -> v_i) as r);
+    v_recorded := tollgate.record_call(calls -> v_i);
+    v_deltas := v_deltas || v_recorded.deltas;
   end loop;
   -- The batch's rollups at once: one upsert per rollup row, all of them locked in key
   -- order, as the expiry job locks them.
