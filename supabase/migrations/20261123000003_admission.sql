@@ -110,7 +110,12 @@
 --   Lock order everywhere (admit, settle, expiry): the api_usage row, then
 --   provider_health rows, provider_keys rows, user_usage_daily rows, usage_daily
 --   rows, budgets (by budget id; within one, its advisory lock before its shards)
---   — so no two of them can deadlock.
+--   — so no two of them can deadlock, but for one case. A request whose conditional
+--   UPDATE waited for another writer of its shard and then found no room keeps that
+--   row locked (Postgres locks the latest version to check it again) as it goes on
+--   to lease_budget; should a lease being taken back wait for that row meanwhile,
+--   Postgres aborts one of the two (40P01). The aborted admission has done nothing,
+--   and the function sends it again (db.ts).
 -- ============================================================================
 
 -- The parsed input of admit() (numbers as numeric: validated before conversion).

@@ -5,6 +5,7 @@
  * migrations' comments are the contract.
  */
 import postgres from "postgres";
+import { againOnDeadlock } from "../../supabase/functions/_shared/db.ts";
 import type { StackInfo } from "./stack.ts";
 
 export type Sql = ReturnType<typeof postgres>;
@@ -215,15 +216,15 @@ export interface Settlement {
   cost_usd: number | null;
 }
 
-/** One tollgate.admit call. */
+/** One tollgate.admit call, sent again when it ends a deadlock, as the function sends it. */
 export async function admit(sql: Queryable, request: AdmitRequest): Promise<Admission> {
-  const [row] = await sql`select tollgate.admit(${sql.json(request as never)}) as a`;
+  const [row] = await againOnDeadlock(() => sql`select tollgate.admit(${sql.json(request as never)}) as a`);
   return row.a as Admission;
 }
 
-/** One tollgate.settle call. */
+/** One tollgate.settle call, sent again when it ends a deadlock, as the function sends it. */
 export async function settle(sql: Queryable, call: SettleCall): Promise<Settlement> {
-  const [row] = await sql`select tollgate.settle(${sql.json(call as never)}) as s`;
+  const [row] = await againOnDeadlock(() => sql`select tollgate.settle(${sql.json(call as never)}) as s`);
   return row.s as Settlement;
 }
 

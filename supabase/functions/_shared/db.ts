@@ -79,7 +79,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
   // endpoints and the alerts.
   const admitBatched = groupCommit<Json, Json>({
     runBatch: async (requests) => await invoke("admit_many", { requests }) as Json[],
-    runOne: async (request) => await invoke("admit", { request }),
+    runOne: (request) => againOnDeadlock(() => invoke("admit", { request })),
     maxInFlight: 1,
   });
   const settleBatched = groupCommit<Json, void>({
@@ -88,7 +88,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
       return calls.map(() => undefined);
     },
     runOne: async (call) => {
-      await invoke("settle", { call });
+      await againOnDeadlock(() => invoke("settle", { call }));
     },
     maxInFlight: 1,
   });
@@ -130,6 +130,27 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     },
     close: () => sql.end({ timeout: 5 }),
   };
+}
+
+/** How many times a call is sent in all when Postgres keeps choosing it to end a deadlock. */
+export const DEADLOCK_ATTEMPTS = 3;
+
+/**
+ * Postgres ends a deadlock by aborting one of the transactions in it (SQLSTATE 40P01), which
+ * then has done nothing: the call is sent again. Admission can meet one while a hard-capped
+ * budget's leases are taken back (see CONCURRENCY in the admission migration); both calls are
+ * idempotent on the request id besides.
+ */
+export async function againOnDeadlock<T>(call: () => Promise<T>): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      const deadlock = (error as { code?: unknown } | null)?.code === "40P01";
+      if (!deadlock || attempt === DEADLOCK_ATTEMPTS) throw error;
+      console.warn(`a database call ended a deadlock (attempt ${attempt} of ${DEADLOCK_ATTEMPTS}); sending it again`);
+    }
+  }
 }
 
 /** Admission without a database cannot meter the call: refuse it (fail closed). */
