@@ -1219,9 +1219,10 @@ begin
     -- see this reservation in the budgets it has read, as they would in a new read.
     for v_b in 1 .. coalesce(cardinality(budgets), 0) loop
       v_budget := budgets[v_b];
+      continue when v_budget.period_start <> v_month;
       v_reserved := v_budget.reserved;
       for v_j in 1 .. cardinality(v_budget.ids) loop
-        if v_budget.ids[v_j] = any (v_budget_ids) and v_budget.period_start = v_month then
+        if v_budget.ids[v_j] = any (v_budget_ids) then
           v_reserved[v_j] := v_reserved[v_j] + v_estimate;
         end if;
       end loop;

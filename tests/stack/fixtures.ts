@@ -222,9 +222,9 @@ export async function admit(sql: Queryable, request: AdmitRequest): Promise<Admi
   return row.a as Admission;
 }
 
-/** One tollgate.settle call, sent again when it ends a deadlock, as the function sends it. */
+/** One tollgate.settle call. */
 export async function settle(sql: Queryable, call: SettleCall): Promise<Settlement> {
-  const [row] = await againOnDeadlock(() => sql`select tollgate.settle(${sql.json(call as never)}) as s`);
+  const [row] = await sql`select tollgate.settle(${sql.json(call as never)}) as s`;
   return row.s as Settlement;
 }
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import postgres from "postgres";
 import { againOnDeadlock, DEADLOCK_ATTEMPTS } from "../../supabase/functions/_shared/db.ts";
 
 /** A call that fails with each of `errors` in turn, then answers; counting its attempts. */
@@ -13,7 +14,9 @@ function failing(...errors: unknown[]) {
   };
 }
 
-const deadlock = Object.assign(new Error("deadlock detected"), { code: "40P01" });
+/** What postgres.js throws for an error the server sent. */
+const serverError = (code: string, message: string) => new postgres.PostgresError({ code, message } as never);
+const deadlock = serverError("40P01", "deadlock detected");
 
 Deno.test("a call that ended a deadlock is sent again", async () => {
   const call = failing(deadlock);
@@ -28,8 +31,8 @@ Deno.test("a call that keeps ending deadlocks fails after a few attempts, with t
 });
 
 Deno.test("any other error is not sent again", async () => {
-  const refused = Object.assign(new Error("invalid input"), { code: "22023" });
-  for (const error of [refused, new Error("connection lost")]) {
+  const notPostgres = Object.assign(new Error("deadlock?"), { code: "40P01" });
+  for (const error of [serverError("22023", "invalid input"), new Error("connection lost"), notPostgres]) {
     const call = failing(error);
     await assert.rejects(againOnDeadlock(call.call));
     assert.equal(call.attempts(), 1);

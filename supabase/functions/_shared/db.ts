@@ -88,7 +88,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
       return calls.map(() => undefined);
     },
     runOne: async (call) => {
-      await againOnDeadlock(() => invoke("settle", { call }));
+      await invoke("settle", { call });
     },
     maxInFlight: 1,
   });
@@ -132,21 +132,21 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
   };
 }
 
-/** How many times a call is sent in all when Postgres keeps choosing it to end a deadlock. */
+/** How many times an admission is sent in all when Postgres keeps choosing it to end a deadlock. */
 export const DEADLOCK_ATTEMPTS = 3;
 
 /**
  * Postgres ends a deadlock by aborting one of the transactions in it (SQLSTATE 40P01), which
  * then has done nothing: the call is sent again. Admission can meet one while a hard-capped
- * budget's leases are taken back (see CONCURRENCY in the admission migration); both calls are
- * idempotent on the request id besides.
+ * budget's leases are taken back (see CONCURRENCY in the admission migration). Settlement
+ * needs no such step: settlement.ts retries every failed settlement with backoff.
  */
 export async function againOnDeadlock<T>(call: () => Promise<T>): Promise<T> {
   for (let attempt = 1;; attempt++) {
     try {
       return await call();
     } catch (error) {
-      const deadlock = (error as { code?: unknown } | null)?.code === "40P01";
+      const deadlock = error instanceof postgres.PostgresError && error.code === "40P01";
       if (!deadlock || attempt === DEADLOCK_ATTEMPTS) throw error;
       console.warn(`a database call ended a deadlock (attempt ${attempt} of ${DEADLOCK_ATTEMPTS}); sending it again`);
     }
