@@ -60,9 +60,13 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     const values = entries.map(([, value]) =>
       typeof value === "object" && value !== null ? sql.json(value as postgres.JSONValue) : value
     );
+    // Prepared once per connection (by its text): each later call skips the parse and the
+    // description round of the protocol. Not through a transaction-mode pooler, whose server
+    // connections change between calls.
     return await sql.unsafe(
       `select * from tollgate.${name}(${list}) as result`,
       values as postgres.ParameterOrJSON<never>[],
+      { prepare: !options.viaPooler },
     );
   }
 
