@@ -65,8 +65,11 @@ select results_eq(
   'each becomes an `expired` call charged at its estimate (nothing is free)');
 select is((select status from public.api_usage where request_id = (select id from ids where name = 'young')), 'reserved',
   'a reservation younger than the bound is left to its function');
+-- Summed over days: shortly after midnight UTC the backdated reservations belong to the day
+-- before the one their reservation was added to.
 select results_eq(
-  $$select calls, input_tokens::integer, output_tokens::integer, cost_usd, reserved_tokens::integer, reserved_cost_usd
+  $$select sum(calls)::integer, sum(input_tokens)::integer, sum(output_tokens)::integer, sum(cost_usd),
+      sum(reserved_tokens)::integer, sum(reserved_cost_usd)
     from public.user_usage_daily where user_id = (select id from ids where name = 'user')$$,
   $$values (2, 600, 400, 0.005::numeric, 500, 0.0025::numeric)$$,
   'the user is charged the two estimates and only the young reservation stays reserved');
