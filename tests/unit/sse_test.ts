@@ -1,12 +1,5 @@
 import assert from "node:assert/strict";
-import {
-  decodeEvents,
-  decodeLines,
-  decodeSse,
-  encodeEvent,
-  readChunks,
-  type SseEvent,
-} from "../../supabase/functions/_shared/sse.ts";
+import { decodeSse, encodeEvent, SseDecoder, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
 
 const encoder = new TextEncoder();
 
@@ -21,34 +14,35 @@ function body(chunks: (string | Uint8Array)[]): ReadableStream<Uint8Array> {
   });
 }
 
-async function* from<T>(items: T[]): AsyncGenerator<T> {
-  yield* items;
-}
-
 /** Every way of cutting `text` in two. */
 function splits(text: string): [Uint8Array, Uint8Array][] {
   const bytes = encoder.encode(text);
   return Array.from({ length: bytes.length + 1 }, (_, i) => [bytes.slice(0, i), bytes.slice(i)]);
 }
 
-Deno.test("lines end at \\n, \\r\\n and \\r", async () => {
-  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\nb\r\nc\rd\n"]))));
-  assert.deepEqual(lines, ["a", "b", "c", "d"]);
+/** The events of `chunks` fed to one decoder, and of the stream's end. */
+function decodeAll(chunks: string[]): SseEvent[] {
+  const decoder = new SseDecoder();
+  return [...chunks.flatMap((chunk) => decoder.push(encoder.encode(chunk))), ...decoder.end()];
+}
+
+Deno.test("lines end at \\n, \\r\\n and \\r", () => {
+  assert.deepEqual(decodeAll(["data: a\ndata: b\r\ndata: c\rdata: d\n\n"]), [{ data: "a\nb\nc\nd" }]);
 });
 
-Deno.test("a \\r\\n split across chunks is one line ending", async () => {
-  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\r", "\nb\n"]))));
-  assert.deepEqual(lines, ["a", "b"]);
+Deno.test("a \\r\\n split across chunks is one line ending", () => {
+  assert.deepEqual(decodeAll(["data: a\r", "\ndata: b\n\n"]), [{ data: "a\nb" }]);
 });
 
-Deno.test("a \\r at the end of the stream ends a line, and blank lines are kept", async () => {
-  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\n\n", "b\r"]))));
-  assert.deepEqual(lines, ["a", "", "b"]);
+Deno.test("a \\r at the end of the stream ends a line", () => {
+  assert.deepEqual(decodeAll(["data: a\n\ndata: b\n\r"]), [{ data: "a" }, { data: "b" }]);
 });
 
-Deno.test("an unterminated last line is still a line", async () => {
-  const lines = await Array.fromAsync(decodeLines(readChunks(body(["a\nb"]))));
-  assert.deepEqual(lines, ["a", "b"]);
+Deno.test("an event is dispatched by the chunk that completes it, not before", () => {
+  const decoder = new SseDecoder();
+  assert.deepEqual(decoder.push(encoder.encode("data: a\n")), []);
+  assert.deepEqual(decoder.push(encoder.encode("\ndata: b\n\ndata: c")), [{ data: "a" }, { data: "b" }]);
+  assert.deepEqual(decoder.end(), []);
 });
 
 Deno.test("events decode the same wherever the bytes are cut, multi-byte characters too", async () => {
@@ -76,10 +70,8 @@ Deno.test("data lines join with \\n; comments and unknown fields are ignored", a
   assert.deepEqual(events, [{ data: "a\nb" }]);
 });
 
-Deno.test("an event without data is not dispatched, and the id carries over", async () => {
-  const events = await Array.fromAsync(
-    decodeEvents(from(["event: ping", "", "id: 7", "data: x", "", "data: y", ""])),
-  );
+Deno.test("an event without data is not dispatched, and the id carries over", () => {
+  const events = decodeAll(["event: ping\n\nid: 7\ndata: x\n\ndata: y\n\n"]);
   assert.deepEqual(events, [{ data: "x", id: "7" }, { data: "y", id: "7" }]);
 });
 

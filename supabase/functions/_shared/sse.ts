@@ -1,7 +1,7 @@
 /**
- * Server-Sent Events, as layered async generators: a body's bytes → text lines → events.
- * Each layer stops the one below when its consumer stops early, down to the body's reader,
- * so an abandoned stream releases the upstream connection.
+ * Server-Sent Events: a body's bytes → events. The decoder is synchronous and works a chunk at
+ * a time, so a stream pays for one asynchronous step per chunk read, not one per line and per
+ * event. A consumer that stops early cancels the body, which releases the upstream connection.
  */
 
 export interface SseEvent {
@@ -11,8 +11,79 @@ export interface SseEvent {
   id?: string;
 }
 
-/** The chunks of a body; cancels the body when the consumer stops before its end. */
-export async function* readChunks(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+/**
+ * Events as the SSE spec dispatches them, from bytes cut anywhere: lines end at `\n`, `\r\n`
+ * or `\r` (a `\r\n` or a UTF-8 character split across chunks is put back together); fields
+ * accumulate until a blank line; `data` lines join with `\n`; comments (`:` lines, keep-alives)
+ * are ignored. An event cut off by the end of the stream is dropped, as the spec says, so a
+ * truncated stream never yields a partial event.
+ */
+export class SseDecoder {
+  #text = new TextDecoder();
+  #buffer = "";
+  /** Where the next line ending can be: text already scanned holds none, bar a held-back `\r`. */
+  #scanFrom = 0;
+  #event: string | undefined;
+  #data: string[] = [];
+  #id: string | undefined;
+
+  /** The events that `chunk` completes. */
+  push(chunk: Uint8Array): SseEvent[] {
+    this.#buffer += this.#text.decode(chunk, { stream: true });
+    const events: SseEvent[] = [];
+    const lineEnd = /\r\n|\r|\n/g;
+    lineEnd.lastIndex = this.#scanFrom;
+    let start = 0;
+    let match: RegExpExecArray | null;
+    while ((match = lineEnd.exec(this.#buffer)) !== null) {
+      // A `\r` at the very end may be the first half of a `\r\n` still on its way.
+      if (match[0] === "\r" && lineEnd.lastIndex === this.#buffer.length) break;
+      this.#line(this.#buffer.slice(start, match.index), events);
+      start = lineEnd.lastIndex;
+    }
+    this.#buffer = this.#buffer.slice(start);
+    this.#scanFrom = match === null ? this.#buffer.length : match.index - start;
+    return events;
+  }
+
+  /** The events the end of the stream completes: a held-back `\r` ends a line. */
+  end(): SseEvent[] {
+    const events: SseEvent[] = [];
+    const rest = (this.#buffer + this.#text.decode()).split(/\r\n|\r|\n/);
+    this.#buffer = "";
+    // Text after the last line ending is an unterminated last line; it cannot end an event.
+    rest.pop();
+    for (const line of rest) this.#line(line, events);
+    return events;
+  }
+
+  #line(line: string, events: SseEvent[]): void {
+    if (line === "") {
+      if (this.#data.length > 0) {
+        events.push({
+          data: this.#data.join("\n"),
+          ...(this.#event !== undefined && { event: this.#event }),
+          ...(this.#id !== undefined && { id: this.#id }),
+        });
+      }
+      this.#event = undefined;
+      this.#data = [];
+      return;
+    }
+    if (line.startsWith(":")) return;
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") this.#data.push(value);
+    else if (field === "event") this.#event = value;
+    else if (field === "id") this.#id = value;
+  }
+}
+
+/** The events of an SSE response body; cancels the body when the consumer stops before its end. */
+export async function* decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
+  const decoder = new SseDecoder();
   const reader = body.getReader();
   let settled = false;
   try {
@@ -20,9 +91,10 @@ export async function* readChunks(body: ReadableStream<Uint8Array>): AsyncGenera
       const { done, value } = await reader.read();
       if (done) {
         settled = true;
+        yield* decoder.end();
         return;
       }
-      yield value;
+      yield* decoder.push(value);
     }
   } catch (error) {
     // An errored stream has nothing left to cancel.
@@ -32,76 +104,6 @@ export async function* readChunks(body: ReadableStream<Uint8Array>): AsyncGenera
     if (!settled) await reader.cancel();
     reader.releaseLock();
   }
-}
-
-/**
- * Text lines, whichever of `\n`, `\r\n` or `\r` ends them, with UTF-8 characters and `\r\n`
- * pairs that straddle two chunks put back together. A last line without an ending is yielded
- * too; the event layer decides what an unfinished event means.
- */
-export async function* decodeLines(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  const lineEnd = /\r\n|\r|\n/g;
-  let buffer = "";
-  // Where the next line ending can be: text already scanned holds none, bar a held-back `\r`.
-  let scanFrom = 0;
-  for await (const chunk of chunks) {
-    buffer += decoder.decode(chunk, { stream: true });
-    let start = 0;
-    let match: RegExpExecArray | null;
-    lineEnd.lastIndex = scanFrom;
-    while ((match = lineEnd.exec(buffer)) !== null) {
-      // A `\r` at the very end may be the first half of a `\r\n` still on its way.
-      if (match[0] === "\r" && lineEnd.lastIndex === buffer.length) break;
-      yield buffer.slice(start, match.index);
-      start = lineEnd.lastIndex;
-    }
-    buffer = buffer.slice(start);
-    scanFrom = match === null ? buffer.length : match.index - start;
-  }
-  buffer += decoder.decode();
-  const rest = buffer.split(/\r\n|\r|\n/);
-  // Text after the last line ending, if any, is an unterminated last line.
-  if (rest.at(-1) === "") rest.pop();
-  yield* rest;
-}
-
-/**
- * Events as the SSE spec dispatches them: fields accumulate until a blank line; `data` lines
- * join with `\n`; comments (`:` lines, keep-alives) are ignored. An event cut off by the end of
- * the stream is dropped, as the spec says, so a truncated stream never yields a partial event.
- */
-export async function* decodeEvents(lines: AsyncIterable<string>): AsyncGenerator<SseEvent> {
-  let event: string | undefined;
-  let data: string[] = [];
-  let id: string | undefined;
-  for await (const line of lines) {
-    if (line === "") {
-      if (data.length > 0) {
-        yield {
-          data: data.join("\n"),
-          ...(event !== undefined && { event }),
-          ...(id !== undefined && { id }),
-        };
-      }
-      event = undefined;
-      data = [];
-      continue;
-    }
-    if (line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "data") data.push(value);
-    else if (field === "event") event = value;
-    else if (field === "id") id = value;
-  }
-}
-
-/** The events of an SSE response body. */
-export function decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
-  return decodeEvents(decodeLines(readChunks(body)));
 }
 
 /** One event on the wire, blank line included. */
