@@ -56,7 +56,15 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
     abort.abort(timeout);
   };
   const wentSilent = expire("The provider stopped sending mid-stream.");
-  let idleTimer = setTimeout(wentSilent, options.idleTimeoutMs);
+  // One timer for the whole stream rather than one per event: when it fires, it looks at how
+  // long the provider has been silent and either ends the stream or waits out the rest.
+  let lastEventAt = performance.now();
+  const checkSilence = () => {
+    const silentMs = performance.now() - lastEventAt;
+    if (silentMs >= options.idleTimeoutMs) wentSilent();
+    else idleTimer = setTimeout(checkSilence, options.idleTimeoutMs - silentMs);
+  };
+  let idleTimer = setTimeout(checkSilence, options.idleTimeoutMs);
   const durationTimer = setTimeout(
     expire("The stream reached the gateway's maximum duration and was ended."),
     options.maxDurationMs,
@@ -64,8 +72,7 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
 
   async function* observed(): AsyncGenerator<SseEvent> {
     for await (const event of decodeSse(options.upstream)) {
-      clearTimeout(idleTimer);
-      idleTimer = setTimeout(wentSilent, options.idleTimeoutMs);
+      lastEventAt = performance.now();
       tracker.observe(event);
       yield event;
     }

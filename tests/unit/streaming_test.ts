@@ -1,0 +1,68 @@
+import assert from "node:assert/strict";
+import { clientStream, type StreamEnd } from "../../supabase/functions/_shared/streaming.ts";
+
+const encoder = new TextEncoder();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const delta = (text: string) =>
+  `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: text }, finish_reason: null }] })}\n\n`;
+const finish = `data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }] })}\n\n`;
+
+/**
+ * An OpenAI stream whose chunks come after the given pauses (ms); at a null pause it goes silent
+ * until aborted, as a fetch body errors when its request is aborted.
+ */
+function upstream(pauses: (number | null)[], signal: AbortSignal): ReadableStream<Uint8Array> {
+  let sent = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      if (sent === pauses.length) {
+        controller.enqueue(encoder.encode(finish + "data: [DONE]\n\n"));
+        controller.close();
+        return;
+      }
+      const pause = pauses[sent];
+      if (pause === null) {
+        return await new Promise((_, reject) => signal.addEventListener("abort", () => reject(signal.reason)));
+      }
+      await sleep(pause);
+      controller.enqueue(encoder.encode(delta(`w${sent++} `)));
+    },
+  });
+}
+
+/** The client's text and how the stream ended, with an idle timeout of `idleTimeoutMs`. */
+async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ text: string; end: StreamEnd }> {
+  let end: StreamEnd | undefined;
+  const abort = new AbortController();
+  const body = clientStream({
+    upstream: upstream(pauses, abort.signal),
+    upstreamFormat: "openai",
+    clientFormat: "openai",
+    clientAskedUsage: false,
+    abort,
+    idleTimeoutMs,
+    maxDurationMs: 10_000,
+    onEnd: (ended) => end = ended,
+  });
+  const text = await new Response(body).text();
+  return { text, end: end! };
+}
+
+Deno.test("a stream whose events keep coming outlives its idle timeout many times over", async () => {
+  const { text, end } = await run(Array(12).fill(15), 60);
+  assert.equal(end.outcome, "complete");
+  assert.match(text, /w11 /);
+  assert.match(text, /\[DONE\]\n\n$/);
+});
+
+Deno.test("a stream that goes silent mid-answer is ended by its idle timeout", async () => {
+  const started = performance.now();
+  const { text, end } = await run([5, 5, null], 60);
+  const tookMs = performance.now() - started;
+  assert.equal(end.outcome, "timeout");
+  assert.match(text, /w1 /);
+  assert.match(text, /"code":"provider_timeout"/);
+  assert.doesNotMatch(text, /\[DONE\]/);
+  assert.ok(tookMs >= 60 && tookMs < 1_000, `ended after ${tookMs.toFixed(0)} ms`);
+});
