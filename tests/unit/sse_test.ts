@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { decodeSse, encodeEvent, SseDecoder, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
+import {
+  decodeSseBatches,
+  encodeEvent,
+  oneByOne,
+  SseDecoder,
+  type SseEvent,
+} from "../../supabase/functions/_shared/sse.ts";
+
+/** The events of an SSE body, one at a time. */
+const decodeSse = (body: ReadableStream<Uint8Array>) => oneByOne(decodeSseBatches(body));
 
 const encoder = new TextEncoder();
 
@@ -126,4 +135,9 @@ Deno.test("encodeEvent writes an event and a blank line, one data line per line"
     decodeSse(body([encodeEvent({ event: "x", data: "1\n2" })])),
   );
   assert.deepEqual(roundTrip, [{ event: "x", data: "1\n2" }]);
+});
+
+Deno.test("events come in the batches their chunks complete, and a chunk that completes none adds no batch", async () => {
+  const batches = await Array.fromAsync(decodeSseBatches(body(["data: a\n\ndata: b\n\ndata: c", "\n", "\n"])));
+  assert.deepEqual(batches, [[{ data: "a" }, { data: "b" }], [{ data: "c" }]]);
 });

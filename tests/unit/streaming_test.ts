@@ -66,3 +66,24 @@ Deno.test("a stream that goes silent mid-answer is ended by its idle timeout", a
   assert.doesNotMatch(text, /\[DONE\]/);
   assert.ok(tookMs >= 60 && tookMs < 1_000, `ended after ${tookMs.toFixed(0)} ms`);
 });
+
+Deno.test("the events of one upstream read reach the client as one write", async () => {
+  const body = clientStream({
+    upstream: new ReadableStream({
+      start(controller) {
+        controller.enqueue(encoder.encode(delta("a") + delta("b") + finish));
+        controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+        controller.close();
+      },
+    }),
+    upstreamFormat: "openai",
+    clientFormat: "openai",
+    clientAskedUsage: false,
+    abort: new AbortController(),
+    idleTimeoutMs: 1_000,
+    maxDurationMs: 1_000,
+    onEnd: () => {},
+  });
+  const writes = (await Array.fromAsync(body)).map((chunk) => new TextDecoder().decode(chunk));
+  assert.deepEqual(writes, [delta("a") + delta("b") + finish, "data: [DONE]\n\n"]);
+});

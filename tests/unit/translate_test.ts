@@ -20,7 +20,10 @@ import {
   type OpenAIChatRequest,
   openaiChatRequestSchema,
 } from "../../supabase/functions/_shared/schemas.ts";
-import { decodeSse, encodeEvent, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
+import { decodeSseBatches, encodeEvent, oneByOne, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
+
+/** The events of an SSE body, one at a time. */
+const decodeSse = (body: ReadableStream<Uint8Array>) => oneByOne(decodeSseBatches(body));
 
 const chunk = (data: object): SseEvent => ({ data: JSON.stringify(data) });
 const event = (data: { type: string; [key: string]: unknown }): SseEvent => ({

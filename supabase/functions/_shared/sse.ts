@@ -81,20 +81,22 @@ export class SseDecoder {
   }
 }
 
-/** The events of an SSE response body; cancels the body when the consumer stops before its end. */
-export async function* decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
+/**
+ * The events of an SSE response body, in the batches its chunks complete (never an empty one):
+ * a consumer can handle, and write on, all that one read brought at once. Cancels the body when
+ * the consumer stops before its end.
+ */
+export async function* decodeSseBatches(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent[]> {
   const decoder = new SseDecoder();
   const reader = body.getReader();
   let settled = false;
   try {
     while (true) {
       const { done, value } = await reader.read();
-      if (done) {
-        settled = true;
-        yield* decoder.end();
-        return;
-      }
-      yield* decoder.push(value);
+      if (done) settled = true;
+      const events = done ? decoder.end() : decoder.push(value);
+      if (events.length > 0) yield events;
+      if (done) return;
     }
   } catch (error) {
     // An errored stream has nothing left to cancel.
@@ -104,6 +106,11 @@ export async function* decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerat
     if (!settled) await reader.cancel();
     reader.releaseLock();
   }
+}
+
+/** Batches of events as a stream of single events, for a consumer that reads one at a time. */
+export async function* oneByOne(batches: AsyncIterable<SseEvent[]>): AsyncGenerator<SseEvent> {
+  for await (const events of batches) yield* events;
 }
 
 /** One event on the wire, blank line included. */

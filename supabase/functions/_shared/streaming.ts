@@ -13,7 +13,7 @@ import * as anthropic from "./providers/anthropic.ts";
 import * as openai from "./providers/openai.ts";
 import { anthropicToOpenAIStream, openaiToAnthropicStream } from "./providers/translate/streams.ts";
 import type { StreamTracker } from "./providers/upstream.ts";
-import { decodeSse, encodeEvent, type SseEvent } from "./sse.ts";
+import { decodeSseBatches, encodeEvent, oneByOne, type SseEvent } from "./sse.ts";
 
 export type StreamOutcome = "complete" | "upstream_failed" | "timeout" | "client_closed";
 
@@ -70,41 +70,44 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
     options.maxDurationMs,
   );
 
-  async function* observed(): AsyncGenerator<SseEvent> {
-    for await (const event of decodeSse(options.upstream)) {
+  // The events of each upstream read go on together, as one write to the client.
+  async function* observed(): AsyncGenerator<SseEvent[]> {
+    for await (const events of decodeSseBatches(options.upstream)) {
       lastEventAt = performance.now();
-      tracker.observe(event);
-      yield event;
+      for (const event of events) tracker.observe(event);
+      yield events;
     }
   }
 
-  const events = upstreamFormat === clientFormat
+  const batches = upstreamFormat === clientFormat
     ? passThrough(observed(), clientFormat, options.clientAskedUsage)
-    : upstreamFormat === "anthropic"
-    ? anthropicToOpenAIStream(observed(), { includeUsage: options.clientAskedUsage })
-    : openaiToAnthropicStream(observed());
+    : inBatchesOfOne(
+      upstreamFormat === "anthropic"
+        ? anthropicToOpenAIStream(oneByOne(observed()), { includeUsage: options.clientAskedUsage })
+        : openaiToAnthropicStream(oneByOne(observed())),
+    );
 
-  const send = (controller: ReadableStreamDefaultController<Uint8Array>, event: SseEvent) =>
-    controller.enqueue(encoder.encode(encodeEvent(event)));
+  const send = (controller: ReadableStreamDefaultController<Uint8Array>, events: SseEvent[]) =>
+    controller.enqueue(encoder.encode(events.map(encodeEvent).join("")));
 
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const next = await events.next();
+        const next = await batches.next();
         if (!next.done) return send(controller, next.value);
         if (tracker.finished) {
           end("complete");
         } else {
           // An upstream error event was already passed on (or translated); a plain cut was not.
           const error = tracker.error ? undefined : cutShort();
-          if (error) send(controller, errorEvents[clientFormat](error));
+          if (error) send(controller, [errorEvents[clientFormat](error)]);
           end("upstream_failed", error);
         }
         controller.close();
       } catch (caught) {
         if (ended) return; // the client is gone; nothing more to write
         const error = timeout ?? (caught instanceof GatewayError ? caught : cutShort());
-        send(controller, errorEvents[clientFormat](error));
+        send(controller, [errorEvents[clientFormat](error)]);
         controller.close();
         end(timeout ? "timeout" : "upstream_failed", error);
       }
@@ -118,13 +121,21 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
 
 /** Same format: the events as they came, minus the usage chunk the client did not ask for. */
 async function* passThrough(
-  events: AsyncGenerator<SseEvent>,
+  batches: AsyncGenerator<SseEvent[]>,
   format: WireFormat,
   clientAskedUsage: boolean,
-): AsyncGenerator<SseEvent> {
-  for await (const event of events) {
-    if (format === "anthropic" || openai.forwardToClient(event, clientAskedUsage)) yield event;
+): AsyncGenerator<SseEvent[]> {
+  for await (const events of batches) {
+    const forwarded = format === "anthropic"
+      ? events
+      : events.filter((event) => openai.forwardToClient(event, clientAskedUsage));
+    if (forwarded.length > 0) yield forwarded;
   }
+}
+
+/** A translation writes each event as it comes. */
+async function* inBatchesOfOne(events: AsyncGenerator<SseEvent>): AsyncGenerator<SseEvent[]> {
+  for await (const event of events) yield [event];
 }
 
 const cutShort = () =>
