@@ -15,9 +15,10 @@
 -- id, so an element whose batch committed unseen is not counted twice.
 --
 -- Each element is decided exactly as admit() or settle() decides it alone, each
--- statement seeing the writes of the elements before it: two requests of one user in
--- one admission batch count against that user's windows one after the other, in the
--- order given.
+-- statement seeing the writes of the elements before it. admit_many() decides its
+-- elements in user id order, and a user's in the order given: two requests of one
+-- user in one admission batch count against that user's windows one after the other,
+-- in the order given. (Requests that arrive together have no order between users.)
 --
 -- Two reads are shared. A model's route (its steps' breakers and keys, its prices) is
 -- read by the first element routed to that model and used by the later ones, until
@@ -32,7 +33,10 @@
 -- not deadlock on users, admit_many() takes the user locks of all its elements
 -- first, in user id order (admit_one() then finds each already held), and
 -- settle_many() writes the rollups of all its calls last, in one statement per
--- rollup, in key order. The rows an element locks after its user (a breaker's probe,
+-- rollup, in key order. Deciding in user id order, admit_many() writes its users'
+-- user_usage_daily rows (their reservations) in that key order too: an admission
+-- batch and a settlement batch sharing two users would otherwise lock the two rows
+-- in opposite orders. The rows an element locks after its user (a breaker's probe,
 -- a budget shard) may still be locked in another order than a lone call locks them:
 -- Postgres detects such a deadlock and aborts one side, whose elements are then sent
 -- alone.
@@ -58,7 +62,8 @@ declare
   v_routes tollgate.route_read[] := '{}';
   v_budgets tollgate.budget_read[] := '{}';
   v_admission record;
-  v_answers jsonb[] := '{}';
+  v_position integer;
+  v_answers jsonb[];
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0) not between 1 and 32 then
     raise exception 'tollgate.admit_many: requests must be an array of 1 to 32 admit() requests'
@@ -79,18 +84,31 @@ begin
     perform tollgate.lock_user(v_user);
   end loop;
 
-  -- Each request given the routes and budgets the ones before it read (see admit_one()).
-  for v_i in 0 .. jsonb_array_length(requests) - 1 loop
-    v_admission := tollgate.admit_one(requests -> v_i, v_routes, v_budgets);
+  -- Then each request in user id order (see the header; a user's own in the order given,
+  -- one without a valid user id last), given the routes and budgets the ones before it
+  -- read (see admit_one()); its answer goes where its request was.
+  v_answers := array_fill(null::jsonb, array[jsonb_array_length(requests)]);
+  for v_position in
+    select r.ordinality
+    from jsonb_array_elements(requests) with ordinality as r
+    order by
+      case
+        when jsonb_typeof(r.value -> 'user_id') = 'string'
+          and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+          then (r.value ->> 'user_id')::uuid
+      end nulls last,
+      r.ordinality
+  loop
+    v_admission := tollgate.admit_one(requests -> (v_position - 1), v_routes, v_budgets);
     v_routes := v_admission.routes;
     v_budgets := v_admission.budgets;
-    v_answers := v_answers || v_admission.answer;
+    v_answers[v_position] := v_admission.answer;
   end loop;
   return to_jsonb(v_answers);
 end;
 $$;
 comment on function tollgate.admit_many(jsonb) is
-  'Admission of up to 32 requests in one transaction: each decided as admit() decides it, in order; the answers as a JSON array in the same order. All or nothing: on an error, send each request to admit() alone. Called by the ai function as postgres (or service_role); never by clients.';
+  'Admission of up to 32 requests in one transaction: each decided as admit() decides it, in user id order (a user''s in the order given); the answers as a JSON array in the order of the requests. All or nothing: on an error, send each request to admit() alone. Called by the ai function as postgres (or service_role); never by clients.';
 revoke all on function tollgate.admit_many(jsonb) from public, anon, authenticated;
 grant execute on function tollgate.admit_many(jsonb) to service_role;
 

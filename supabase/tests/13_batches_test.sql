@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(25);
+select plan(27);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -48,8 +48,11 @@ values ('test', 'minute', 60, 1000), ('two', 'minute', 60, 2);
 update tollgate.budgets set monthly_limit_usd = 1000 where scope = 'global';
 
 create temporary table ids (name text primary key, id uuid) on commit drop;
-insert into ids values ('a', pg_temp.new_user('a@test', 'test')), ('b', pg_temp.new_user('b@test', 'test')),
-  ('two', pg_temp.new_user('two@test', 'two'));
+-- `a` and `b` are named in user id order, the order in which a batch decides them.
+insert into ids
+select case when row_number() over (order by u.id) = 1 then 'a' else 'b' end, u.id
+from (values (pg_temp.new_user('a@test', 'test')), (pg_temp.new_user('b@test', 'test'))) as u (id);
+insert into ids values ('two', pg_temp.new_user('two@test', 'two'));
 create temporary table batch (position integer primary key, request jsonb) on commit drop;
 create temporary table answers (position integer primary key, answer jsonb) on commit drop;
 
@@ -221,6 +224,37 @@ select is(
    join tollgate.budgets as b on b.id = p.budget_id where b.feature = 'capped'),
   0.002::numeric,
   'the hard cap holds the two reservations exactly');
+
+-- A batch decides its requests in user id order (its user rollup rows are then written
+-- in key order, as settle_many() writes them) and answers in the order of its requests:
+-- with room for one request, the user whose id sorts first gets it, wherever its request
+-- is; a request without a valid user id is decided last.
+insert into tollgate.features (name, priority, allowed_models, cache_ttl_seconds) values ('capped_one', 'normal', null, 0);
+insert into tollgate.budgets (scope, feature, monthly_limit_usd, hard_cap) values ('feature', 'capped_one', 0.0015, true);
+insert into ids values ('u1', pg_temp.new_user('u1@test', 'two')), ('u2', pg_temp.new_user('u2@test', 'two'));
+truncate batch;
+insert into batch
+select b.position, pg_temp.request(b.user_id, '{"feature": "capped_one", "model": "o3-mini"}' || b.extra)
+from (select greatest(u1.id, u2.id) as high, least(u1.id, u2.id) as low
+      from ids as u1, ids as u2 where u1.name = 'u1' and u2.name = 'u2') as u
+cross join lateral (values
+  (1, u.high, '{}'::jsonb),
+  (2, u.low, '{"user_id": "not-a-uuid"}'::jsonb),
+  (3, u.low, '{}'::jsonb)) as b (position, user_id, extra);
+truncate answers;
+insert into answers
+select a.ordinality, a.value
+from jsonb_array_elements(tollgate.admit_many((select jsonb_agg(b.request order by b.position) from batch as b)))
+  with ordinality as a;
+select is(
+  (select array_agg(coalesce(a.answer ->> 'code', 'admitted') order by a.position) from answers as a),
+  array['budget_exceeded', 'invalid_request', 'admitted'],
+  'a batch is decided in user id order: the lower user id takes the room, from the last position');
+select is(
+  (select count(*)::integer from answers as a join batch as b using (position)
+   where a.answer ->> 'request_id' = b.request ->> 'request_id'),
+  3,
+  '... and each answer is in its request''s position');
 
 select * from finish();
 rollback;
