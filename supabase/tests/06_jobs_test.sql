@@ -73,10 +73,16 @@ select results_eq(
     from public.user_usage_daily where user_id = (select id from ids where name = 'user')$$,
   $$values (2, 600, 400, 0.005::numeric, 500, 0.0025::numeric)$$,
   'the user is charged the two estimates and only the young reservation stays reserved');
-select results_eq(
-  $$select spent_usd, reserved_usd from public.budget_status where scope = 'global'$$,
-  $$values (0.005::numeric, 0.0025::numeric)$$,
-  'the budget likewise: nothing leaks, nothing is lost');
+-- budget_status shows the current month only: in a month's first minutes the backdated
+-- reservations belong to the month before.
+select case
+  when now() - (date_trunc('month', now() at time zone 'UTC') at time zone 'UTC') < interval '12 minutes'
+    then skip('the backdated reservations fall in the previous month', 1)
+  else results_eq(
+    $$select spent_usd, reserved_usd from public.budget_status where scope = 'global'$$,
+    $$values (0.005::numeric, 0.0025::numeric)$$,
+    'the budget likewise: nothing leaks, nothing is lost')
+  end;
 select is((select sum(expired_calls)::integer from tollgate.usage_daily), 2, 'the daily rollup counts two expired calls');
 select is(tollgate.expire_reservations(), 0, 'running the job again changes nothing');
 select throws_ok('select tollgate.expire_reservations(interval ''5 minutes'')', '22023', null,
