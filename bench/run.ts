@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: runs every benchmark section and writes bench/RESULTS.md.
  *
- * A section is a script in bench/ (gateway.ts; db.ts when present) run as its own process as
+ * A section is a script in bench/ (gateway.ts, db.ts, streaming.ts) run as its own process as
  * `deno run -A bench/<name>.ts --out <file> [its options]`: it shows progress on stderr and
  * writes its Markdown (starting with a `## ` heading) to <file>. This file adds what every
  * section shares: the machine, the date, how to reproduce. With `--only`, the other sections
@@ -12,7 +12,7 @@
  *          --targets <list> (gateway targets, default direct,floor,portkey,tollgate,tollgate-queue)
  *          --seconds <s>, --sizes <list>, --rounds <n> (db: seconds per throughput cell, default 10;
  *          ai_api_calls sizes for the views, default 1000000, "" for none; rounds per cell, default 1)
- *          --only <section> (gateway or db)   --out <file> (default bench/RESULTS.md)
+ *          --only <section> (gateway, db or streaming)   --out <file> (default bench/RESULTS.md)
  */
 import { parseArgs } from "node:util";
 
@@ -51,6 +51,7 @@ const sections: { name: string; args: string[] }[] = [
       ...(args.rounds ? ["--rounds", args.rounds] : []),
     ],
   },
+  { name: "streaming", args: [] },
 ];
 
 async function exists(path: string): Promise<boolean> {

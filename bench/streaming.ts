@@ -1,0 +1,208 @@
+/**
+ * The function's stream pipeline on its own: what a streamed answer costs the function between
+ * the provider's bytes and the client's (supabase/functions/_shared/streaming.ts: SSE decoding,
+ * usage tracking, filtering or translation, encoding), in this process, with no network and no
+ * other process sharing the cores — so it holds still where the gateway section's CPU columns
+ * move with the machine. Side by side, in the same rounds, with the bare pipe: the same bytes
+ * through a TransformStream that looks at nothing, which is what any proxy pays for a stream.
+ *
+ * Each stream is a 20-word answer as each provider sends it (OpenAI: a role chunk, 20 deltas, the
+ * finish chunk, the usage chunk the gateway asks for and `[DONE]`; Anthropic: message_start, a text
+ * block of 20 deltas, message_delta, message_stop), delivered one event per read or six per read
+ * (a provider writing faster than the gateway reads).
+ *
+ * Run: deno run -A bench/streaming.ts --out <file> [--streams <n per round>] [--rounds <n>]
+ */
+import { parseArgs } from "node:util";
+import { clientStream } from "../supabase/functions/_shared/streaming.ts";
+import type { WireFormat } from "../supabase/functions/_shared/errors.ts";
+import { progress } from "../tests/stack/util.ts";
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    out: { type: "string" },
+    streams: { type: "string", default: "2000" },
+    rounds: { type: "string", default: "7" },
+  },
+});
+const streamsPerRound = Number(args.streams);
+const rounds = Number(args.rounds);
+const eventsPerRead = [1, 6];
+const words = 20;
+
+const sse = (data: object, event?: string) => `${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`;
+
+function openaiEvents(): string[] {
+  const chunk = (choices: object[], extra: object = {}) =>
+    sse({ id: "chatcmpl-bench", object: "chat.completion.chunk", created: 1, model: "gpt-4o-mini", choices, ...extra });
+  return [
+    chunk([{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }]),
+    ...Array.from(
+      { length: words },
+      (_, i) => chunk([{ index: 0, delta: { content: `word${i} ` }, finish_reason: null }]),
+    ),
+    chunk([{ index: 0, delta: {}, finish_reason: "stop" }]),
+    chunk([], { usage: { prompt_tokens: 12, completion_tokens: words, total_tokens: 12 + words } }),
+    "data: [DONE]\n\n",
+  ];
+}
+
+function anthropicEvents(): string[] {
+  const event = (data: { type: string; [key: string]: unknown }) => sse(data, data.type);
+  return [
+    event({
+      type: "message_start",
+      message: {
+        id: "msg_bench",
+        type: "message",
+        role: "assistant",
+        model: "claude-3-5-haiku-latest",
+        content: [],
+        stop_reason: null,
+        stop_sequence: null,
+        usage: { input_tokens: 12, output_tokens: 1 },
+      },
+    }),
+    event({ type: "content_block_start", index: 0, content_block: { type: "text", text: "" } }),
+    ...Array.from(
+      { length: words },
+      (_, i) => event({ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: `word${i} ` } }),
+    ),
+    event({ type: "content_block_stop", index: 0 }),
+    event({
+      type: "message_delta",
+      delta: { stop_reason: "end_turn", stop_sequence: null },
+      usage: { output_tokens: words },
+    }),
+    event({ type: "message_stop" }),
+  ];
+}
+
+const eventsOf: Record<WireFormat, string[]> = { openai: openaiEvents(), anthropic: anthropicEvents() };
+const encoder = new TextEncoder();
+
+/** The provider's body: its events, `perRead` to a chunk. */
+function upstreamBody(format: WireFormat, perRead: number): ReadableStream<Uint8Array> {
+  const events = eventsOf[format];
+  const chunks: Uint8Array[] = [];
+  for (let i = 0; i < events.length; i += perRead) chunks.push(encoder.encode(events.slice(i, i + perRead).join("")));
+  let next = 0;
+  return new ReadableStream({
+    pull(controller) {
+      if (next < chunks.length) controller.enqueue(chunks[next++]);
+      else controller.close();
+    },
+  });
+}
+
+interface Case {
+  upstream: WireFormat;
+  client: WireFormat;
+  perRead: number;
+}
+
+/** The client's side of one stream, read to its end; the number of writes it was sent in. */
+async function drain(body: ReadableStream<Uint8Array>): Promise<number> {
+  let writes = 0;
+  for await (const _ of body) writes++;
+  return writes;
+}
+
+const bare = (c: Case) => drain(upstreamBody(c.upstream, c.perRead).pipeThrough(new TransformStream()));
+
+function tollgate(c: Case): Promise<number> {
+  let ended = "";
+  const body = clientStream({
+    upstream: upstreamBody(c.upstream, c.perRead),
+    upstreamFormat: c.upstream,
+    clientFormat: c.client,
+    clientAskedUsage: false,
+    abort: new AbortController(),
+    idleTimeoutMs: 60_000,
+    maxDurationMs: 60_000,
+    onEnd: (end) => ended = end.outcome,
+  });
+  return drain(body).then((writes) => {
+    if (ended !== "complete") {
+      throw new Error(`a ${c.upstream} → ${c.client} stream ended ${ended || "without an end"}`);
+    }
+    return writes;
+  });
+}
+
+/** Microseconds per stream of `streamsPerRound` streams one after the other. */
+async function timed(run: (c: Case) => Promise<number>, c: Case): Promise<number> {
+  const started = performance.now();
+  for (let i = 0; i < streamsPerRound; i++) await run(c);
+  return (performance.now() - started) * 1000 / streamsPerRound;
+}
+
+const median = (values: number[]) => values.toSorted((a, b) => a - b)[Math.floor(values.length / 2)];
+
+interface Row extends Case {
+  bareUs: number;
+  tollgateUs: number;
+  bareWrites: number;
+  tollgateWrites: number;
+}
+
+async function measure(c: Case): Promise<Row> {
+  const samples = { bare: [] as number[], tollgate: [] as number[] };
+  // The first round warms up both; then they alternate, the order swapped each round.
+  for (let round = 0; round <= rounds; round++) {
+    const order = round % 2 === 0 ? (["bare", "tollgate"] as const) : (["tollgate", "bare"] as const);
+    for (const name of order) {
+      const us = await timed(name === "bare" ? bare : tollgate, c);
+      if (round > 0) samples[name].push(us);
+    }
+  }
+  return {
+    ...c,
+    bareUs: median(samples.bare),
+    tollgateUs: median(samples.tollgate),
+    bareWrites: await bare(c),
+    tollgateWrites: await tollgate(c),
+  };
+}
+
+function report(rows: Row[]): string {
+  const lines = [
+    "## The stream pipeline (bench/streaming.ts)",
+    "",
+    `Deno ${Deno.version.deno}, V8 ${Deno.version.v8}. What the function does to a streamed answer between the provider's ` +
+    "bytes and the client's (supabase/functions/_shared/streaming.ts), in one process with no network: a 20-word answer " +
+    "as each provider streams it, delivered one event per read or six per read. Beside it, the bare pipe: the same bytes " +
+    "through a TransformStream that looks at nothing. " +
+    `Median of ${rounds} rounds of ${streamsPerRound.toLocaleString("en-US")} streams each, the two alternating ` +
+    "(after a warm-up round); µs per stream, one stream at a time (wall time: the process does nothing else). Writes: the chunks the client receives.",
+    "",
+    "| upstream → client | events per read | bare pipe µs | Tollgate µs | Tollgate / bare | writes (bare / Tollgate) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ...rows.map((r) =>
+      `| ${r.upstream} → ${r.client} | ${r.perRead} | ${r.bareUs.toFixed(1)} | ${r.tollgateUs.toFixed(1)} | ` +
+      `${(r.tollgateUs / r.bareUs).toFixed(2)}× | ${r.bareWrites} / ${r.tollgateWrites} |`
+    ),
+  ];
+  return lines.join("\n");
+}
+
+if (import.meta.main) {
+  const directions: [WireFormat, WireFormat][] = [
+    ["openai", "openai"],
+    ["anthropic", "anthropic"],
+    ["anthropic", "openai"],
+    ["openai", "anthropic"],
+  ];
+  const cases = directions.flatMap(([upstream, client]) =>
+    eventsPerRead.map((perRead) => ({ upstream, client, perRead }))
+  );
+  const rows: Row[] = [];
+  for (const c of cases) {
+    progress(`${c.upstream} → ${c.client}, ${c.perRead} event(s) per read`);
+    rows.push(await measure(c));
+  }
+  const markdown = report(rows);
+  if (args.out) await Deno.writeTextFile(args.out, markdown + "\n");
+  console.log(markdown);
+}
