@@ -255,6 +255,37 @@ dbTest("db: batches from 16 connections hold each user's limit exactly, without 
   }
 });
 
+dbTest("db: admission and settlement batches sharing users run side by side without deadlocks", async () => {
+  const sql = connect(16);
+  try {
+    const tier = await createTier(sql);
+    const users = await createUsers(20, { tier });
+    // Each worker admits a batch of 12 of the users in a random order, then settles it, 8 times over; the 16 workers'
+    // admission batches meet the others' settlement batches on the users' rollup rows.
+    const settled = await Promise.all(Array.from({ length: 16 }, async () => {
+      let calls = 0;
+      for (let round = 0; round < 8; round++) {
+        const requests = [...users].sort(() => Math.random() - 0.5).slice(0, 12).map((user) => request(user));
+        const [row] = await sql`select tollgate.admit_many(${sql.json(requests as never)}) as a`;
+        const answers = row.a as Admission[];
+        assert.ok(answers.every((a) => a.allowed));
+        const batch = answers.map((a, i) => call(a, requests[i].user_id)).sort(() => Math.random() - 0.5);
+        await sql`select tollgate.settle_many(${sql.json(batch as never)})`;
+        calls += batch.length;
+      }
+      return calls;
+    }));
+
+    const [rows] = await sql`
+      select count(*)::int as calls, count(*) filter (where status = 'success')::int as settled
+      from public.ai_api_calls where user_id in ${sql(users)}`;
+    const total = settled.reduce((a, b) => a + b, 0);
+    assert.deepEqual(rows, { calls: total, settled: total });
+  } finally {
+    await sql.end();
+  }
+});
+
 dbTest("db: admissions through the function's group commit keep a budget's hard cap exact", async () => {
   // Four ledgers, as four isolates of the ai function hold them, each sent 75 requests at once: most go in batches.
   const ledgers = Array.from({ length: 4 }, () => connectLedger(stack.dbUrl, { viaPooler: false }));
