@@ -87,3 +87,27 @@ Deno.test("the events of one upstream read reach the client as one write", async
   const writes = (await Array.fromAsync(body)).map((chunk) => new TextDecoder().decode(chunk));
   assert.deepEqual(writes, [delta("a") + delta("b") + finish, "data: [DONE]\n\n"]);
 });
+
+Deno.test("an event that cannot be read ends the stream after the ones before it in the same read", async () => {
+  let end: StreamEnd | undefined;
+  const body = clientStream({
+    upstream: new ReadableStream({
+      start(controller) {
+        controller.enqueue(encoder.encode(delta("a") + "data: {not json\n\n" + delta("b")));
+        controller.close();
+      },
+    }),
+    upstreamFormat: "openai",
+    clientFormat: "openai",
+    clientAskedUsage: false,
+    abort: new AbortController(),
+    idleTimeoutMs: 1_000,
+    maxDurationMs: 1_000,
+    onEnd: (ended) => end = ended,
+  });
+  const text = await new Response(body).text();
+  assert.ok(text.startsWith(delta("a")), text);
+  assert.match(text, /"code":"upstream_invalid_response"/);
+  assert.doesNotMatch(text, /"content":"b"/);
+  assert.equal(end?.outcome, "upstream_failed");
+});

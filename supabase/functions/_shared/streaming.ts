@@ -74,7 +74,15 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
   async function* observed(): AsyncGenerator<SseEvent[]> {
     for await (const events of decodeSseBatches(options.upstream)) {
       lastEventAt = performance.now();
-      for (const event of events) tracker.observe(event);
+      for (const [i, event] of events.entries()) {
+        try {
+          tracker.observe(event);
+        } catch (error) {
+          // An event that cannot be read ends the stream; the ones before it still go on.
+          if (i > 0) yield events.slice(0, i);
+          throw error;
+        }
+      }
       yield events;
     }
   }
