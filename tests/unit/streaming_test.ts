@@ -31,22 +31,38 @@ function upstream(pauses: (number | null)[], signal: AbortSignal): ReadableStrea
   });
 }
 
-/** The client's text and how the stream ended, with an idle timeout of `idleTimeoutMs`. */
-async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ text: string; end: StreamEnd }> {
-  let end: StreamEnd | undefined;
-  const abort = new AbortController();
-  const body = clientStream({
-    upstream: upstream(pauses, abort.signal),
+/** An OpenAI stream through `clientStream` to an OpenAI client; `end()` is how it ended, once it has. */
+function throughGateway(body: ReadableStream<Uint8Array>, abort = new AbortController(), idleTimeoutMs = 1_000) {
+  let ended: StreamEnd | undefined;
+  const client = clientStream({
+    upstream: body,
     upstreamFormat: "openai",
     clientFormat: "openai",
     clientAskedUsage: false,
     abort,
     idleTimeoutMs,
     maxDurationMs: 10_000,
-    onEnd: (ended) => end = ended,
+    onEnd: (end) => ended = end,
   });
-  const text = await new Response(body).text();
-  return { text, end: end! };
+  return { client, end: () => ended! };
+}
+
+/** A provider body of these reads, all at once. */
+function reads(...texts: string[]): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      for (const text of texts) controller.enqueue(encoder.encode(text));
+      controller.close();
+    },
+  });
+}
+
+/** The client's text and how the stream ended, with an idle timeout of `idleTimeoutMs`. */
+async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ text: string; end: StreamEnd }> {
+  const abort = new AbortController();
+  const { client, end } = throughGateway(upstream(pauses, abort.signal), abort, idleTimeoutMs);
+  const text = await new Response(client).text();
+  return { text, end: end() };
 }
 
 Deno.test("a stream whose events keep coming outlives its idle timeout many times over", async () => {
@@ -68,46 +84,17 @@ Deno.test("a stream that goes silent mid-answer is ended by its idle timeout", a
 });
 
 Deno.test("the events of one upstream read reach the client as one write", async () => {
-  const body = clientStream({
-    upstream: new ReadableStream({
-      start(controller) {
-        controller.enqueue(encoder.encode(delta("a") + delta("b") + finish));
-        controller.enqueue(encoder.encode("data: [DONE]\n\n"));
-        controller.close();
-      },
-    }),
-    upstreamFormat: "openai",
-    clientFormat: "openai",
-    clientAskedUsage: false,
-    abort: new AbortController(),
-    idleTimeoutMs: 1_000,
-    maxDurationMs: 1_000,
-    onEnd: () => {},
-  });
-  const writes = (await Array.fromAsync(body)).map((chunk) => new TextDecoder().decode(chunk));
+  const { client, end } = throughGateway(reads(delta("a") + delta("b") + finish, "data: [DONE]\n\n"));
+  const writes = (await Array.fromAsync(client)).map((chunk) => new TextDecoder().decode(chunk));
   assert.deepEqual(writes, [delta("a") + delta("b") + finish, "data: [DONE]\n\n"]);
+  assert.equal(end().outcome, "complete");
 });
 
 Deno.test("an event that cannot be read ends the stream after the ones before it in the same read", async () => {
-  let end: StreamEnd | undefined;
-  const body = clientStream({
-    upstream: new ReadableStream({
-      start(controller) {
-        controller.enqueue(encoder.encode(delta("a") + "data: {not json\n\n" + delta("b")));
-        controller.close();
-      },
-    }),
-    upstreamFormat: "openai",
-    clientFormat: "openai",
-    clientAskedUsage: false,
-    abort: new AbortController(),
-    idleTimeoutMs: 1_000,
-    maxDurationMs: 1_000,
-    onEnd: (ended) => end = ended,
-  });
-  const text = await new Response(body).text();
+  const { client, end } = throughGateway(reads(delta("a") + "data: {not json\n\n" + delta("b")));
+  const text = await new Response(client).text();
   assert.ok(text.startsWith(delta("a")), text);
   assert.match(text, /"code":"upstream_invalid_response"/);
   assert.doesNotMatch(text, /"content":"b"/);
-  assert.equal(end?.outcome, "upstream_failed");
+  assert.equal(end().outcome, "upstream_failed");
 });
