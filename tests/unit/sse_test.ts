@@ -1,14 +1,10 @@
 import assert from "node:assert/strict";
-import {
-  decodeSseBatches,
-  encodeEvent,
-  oneByOne,
-  SseDecoder,
-  type SseEvent,
-} from "../../supabase/functions/_shared/sse.ts";
+import { decodeSseBatches, encodeEvent, SseDecoder, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
 
 /** The events of an SSE body, one at a time. */
-const decodeSse = (body: ReadableStream<Uint8Array>) => oneByOne(decodeSseBatches(body));
+async function* decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
+  for await (const events of decodeSseBatches(body)) yield* events;
+}
 
 const encoder = new TextEncoder();
 

@@ -13,6 +13,7 @@ import {
 import {
   anthropicToOpenAIStream,
   openaiToAnthropicStream,
+  type StreamTranslation,
 } from "../../supabase/functions/_shared/providers/translate/streams.ts";
 import {
   type AnthropicMessagesRequest,
@@ -20,10 +21,8 @@ import {
   type OpenAIChatRequest,
   openaiChatRequestSchema,
 } from "../../supabase/functions/_shared/schemas.ts";
-import { decodeSseBatches, encodeEvent, oneByOne, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
-
-/** The events of an SSE body, one at a time. */
-const decodeSse = (body: ReadableStream<Uint8Array>) => oneByOne(decodeSseBatches(body));
+import { encodeEvent, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
+import { clientStream } from "../../supabase/functions/_shared/streaming.ts";
 
 const chunk = (data: object): SseEvent => ({ data: JSON.stringify(data) });
 const event = (data: { type: string; [key: string]: unknown }): SseEvent => ({
@@ -33,9 +32,9 @@ const event = (data: { type: string; [key: string]: unknown }): SseEvent => ({
 const done: SseEvent = { data: "[DONE]" };
 const payloads = (events: SseEvent[]) => events.map((e) => (e.data === "[DONE]" ? "[DONE]" : JSON.parse(e.data)));
 
-async function* from<T>(items: T[]): AsyncGenerator<T> {
-  yield* items;
-}
+/** What a translation gives the client for these upstream events, in order. */
+const translate = (translation: StreamTranslation, events: SseEvent[]) =>
+  events.flatMap((event) => translation.push(event));
 
 const openaiBody = (body: object): OpenAIChatRequest => openaiChatRequestSchema.parse(body);
 const anthropicBody = (body: object): AnthropicMessagesRequest => anthropicMessagesRequestSchema.parse(body);
@@ -542,7 +541,7 @@ const withoutCreated = (events: SseEvent[]) =>
   });
 
 Deno.test("Anthropic → OpenAI stream: role, content, tool calls, finish, usage, [DONE]", async () => {
-  const out = await Array.fromAsync(anthropicToOpenAIStream(from(anthropicStream), { includeUsage: true }));
+  const out = translate(anthropicToOpenAIStream({ includeUsage: true }), anthropicStream);
   assert.deepEqual(withoutCreated(out), [
     chunkOf({ role: "assistant", content: "" }),
     chunkOf({ content: "Hi" }),
@@ -578,7 +577,7 @@ Deno.test("Anthropic → OpenAI stream: role, content, tool calls, finish, usage
 
 Deno.test("Anthropic → OpenAI stream: no usage chunk unless asked", async () => {
   const out = payloads(
-    await Array.fromAsync(anthropicToOpenAIStream(from(anthropicStream), { includeUsage: false })),
+    translate(anthropicToOpenAIStream({ includeUsage: false }), anthropicStream),
   );
   assert.equal(out.some((p) => p !== "[DONE]" && p.usage), false);
   assert.equal(out.at(-1), "[DONE]");
@@ -590,7 +589,7 @@ Deno.test("Anthropic → OpenAI stream: a usage-only message_delta finishes noth
     event({ type: "message_delta", delta: { stop_reason: null }, usage: { output_tokens: 3 } }),
     ...anthropicStream.slice(-2),
   ];
-  const out = payloads(await Array.fromAsync(anthropicToOpenAIStream(from(revised), { includeUsage: false })));
+  const out = payloads(translate(anthropicToOpenAIStream({ includeUsage: false }), revised));
   const finishes = out.filter((p) => p !== "[DONE]" && p.choices[0]?.finish_reason);
   assert.equal(finishes.length, 1);
   assert.equal(finishes[0].choices[0].finish_reason, "tool_calls");
@@ -601,7 +600,7 @@ Deno.test("Anthropic → OpenAI stream: an upstream error ends with an error chu
     ...anthropicStream.slice(0, 4),
     event({ type: "error", error: { type: "overloaded_error", message: "Overloaded" } }),
   ];
-  const out = payloads(await Array.fromAsync(anthropicToOpenAIStream(from(failed), { includeUsage: true })));
+  const out = payloads(translate(anthropicToOpenAIStream({ includeUsage: true }), failed));
   assert.deepEqual(out.at(-1), {
     error: {
       message: "The provider failed during the response (overloaded_error): Overloaded",
@@ -615,7 +614,7 @@ Deno.test("Anthropic → OpenAI stream: an upstream error ends with an error chu
 
 Deno.test("Anthropic → OpenAI stream: a cut stream ends without [DONE] or finish", async () => {
   const out = payloads(
-    await Array.fromAsync(anthropicToOpenAIStream(from(anthropicStream.slice(0, 6)), { includeUsage: true })),
+    translate(anthropicToOpenAIStream({ includeUsage: true }), anthropicStream.slice(0, 6)),
   );
   assert.equal(out.includes("[DONE]"), false);
   assert.equal(out.some((p) => p !== "[DONE]" && p.choices?.[0]?.finish_reason), false);
@@ -643,7 +642,7 @@ const openaiStream = [
 ];
 
 Deno.test("OpenAI → Anthropic stream: the full event sequence", async () => {
-  const out = await Array.fromAsync(openaiToAnthropicStream(from(openaiStream)));
+  const out = translate(openaiToAnthropicStream(), openaiStream);
   assert.deepEqual(out.map((e) => e.event), [
     "message_start",
     "content_block_start",
@@ -703,14 +702,14 @@ Deno.test("OpenAI → Anthropic stream: the full event sequence", async () => {
 
 Deno.test("OpenAI → Anthropic stream: a cut stream ends without message_stop", async () => {
   for (const cut of [openaiStream.slice(0, 5), [...openaiStream.slice(0, 5), done]]) {
-    const out = await Array.fromAsync(openaiToAnthropicStream(from(cut)));
+    const out = translate(openaiToAnthropicStream(), cut);
     assert.equal(out.some((e) => e.event === "message_stop" || e.event === "message_delta"), false);
   }
 });
 
 Deno.test("OpenAI → Anthropic stream: an upstream error ends with event: error", async () => {
   const failed = [...openaiStream.slice(0, 3), chunk({ error: { message: "boom", type: "server_error" } })];
-  const out = await Array.fromAsync(openaiToAnthropicStream(from(failed)));
+  const out = translate(openaiToAnthropicStream(), failed);
   assert.equal(out.at(-1)?.event, "error");
   assert.deepEqual(JSON.parse(out.at(-1)!.data), {
     type: "error",
@@ -723,21 +722,50 @@ Deno.test("OpenAI → Anthropic stream: an upstream error ends with event: error
   assert.equal(out.some((e) => e.event === "message_stop"), false);
 });
 
-Deno.test("a client that stops reading a translated stream cancels the upstream body", async () => {
+/** An Anthropic body of `events`, then keep-alives forever; `cancelled()`: whether its reader cancelled it. */
+function endlessAnthropicBody(events: SseEvent[]) {
   let cancelled = false;
   const encoder = new TextEncoder();
-  const queue = anthropicStream.slice(0, 4).map(encodeEvent);
-  const upstreamBody = new ReadableStream<Uint8Array>({
+  const queue = events.map(encodeEvent);
+  const body = new ReadableStream<Uint8Array>({
     pull(controller) {
-      // Keep-alives forever once the queued events are out: the stream never ends by itself.
       controller.enqueue(encoder.encode(queue.shift() ?? ": keep-alive\n\n"));
     },
     cancel() {
       cancelled = true;
     },
   });
-  for await (const e of anthropicToOpenAIStream(decodeSse(upstreamBody), { includeUsage: false })) {
-    if (JSON.parse(e.data).choices?.[0]?.delta?.content === "Hi") break;
+  return { body, cancelled: () => cancelled };
+}
+
+function translatedToOpenAI(upstream: ReadableStream<Uint8Array>, abort = new AbortController()) {
+  return clientStream({
+    upstream,
+    upstreamFormat: "anthropic",
+    clientFormat: "openai",
+    clientAskedUsage: false,
+    abort,
+    idleTimeoutMs: 1_000,
+    maxDurationMs: 1_000,
+    onEnd: () => {},
+  });
+}
+
+Deno.test("a translated stream that has its last event stops reading the upstream body", async () => {
+  const upstream = endlessAnthropicBody(anthropicStream);
+  const text = await new Response(translatedToOpenAI(upstream.body)).text();
+  assert.match(text, /data: \[DONE\]\n\n$/);
+  assert.equal(upstream.cancelled(), true);
+});
+
+Deno.test("a client that stops reading a translated stream aborts the upstream request", async () => {
+  const upstream = endlessAnthropicBody(anthropicStream.slice(0, 4));
+  const abort = new AbortController();
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of translatedToOpenAI(upstream.body, abort)) {
+    text += decoder.decode(chunk);
+    if (text.includes('"content":"Hi"')) break;
   }
-  assert.equal(cancelled, true);
+  assert.equal(abort.signal.aborted, true);
 });

@@ -108,11 +108,6 @@ export async function* decodeSseBatches(body: ReadableStream<Uint8Array>): Async
   }
 }
 
-/** Batches of events as a stream of single events, for a consumer that reads one at a time. */
-export async function* oneByOne(batches: AsyncIterable<SseEvent[]>): AsyncGenerator<SseEvent> {
-  for await (const events of batches) yield* events;
-}
-
 /** One event on the wire, blank line included. */
 export function encodeEvent({ event, data }: { event?: string; data: string }): string {
   const head = event === undefined ? "" : `event: ${event}\n`;

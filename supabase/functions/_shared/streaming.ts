@@ -11,9 +11,13 @@
 import { GatewayError, type WireFormat } from "./errors.ts";
 import * as anthropic from "./providers/anthropic.ts";
 import * as openai from "./providers/openai.ts";
-import { anthropicToOpenAIStream, openaiToAnthropicStream } from "./providers/translate/streams.ts";
+import {
+  anthropicToOpenAIStream,
+  openaiToAnthropicStream,
+  type StreamTranslation,
+} from "./providers/translate/streams.ts";
 import type { StreamTracker } from "./providers/upstream.ts";
-import { decodeSseBatches, encodeEvent, oneByOne, type SseEvent } from "./sse.ts";
+import { decodeSseBatches, encodeEvent, type SseEvent } from "./sse.ts";
 
 export type StreamOutcome = "complete" | "upstream_failed" | "timeout" | "client_closed";
 
@@ -89,10 +93,11 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
 
   const batches = upstreamFormat === clientFormat
     ? passThrough(observed(), clientFormat, options.clientAskedUsage)
-    : inBatchesOfOne(
+    : translated(
+      observed(),
       upstreamFormat === "anthropic"
-        ? anthropicToOpenAIStream(oneByOne(observed()), { includeUsage: options.clientAskedUsage })
-        : openaiToAnthropicStream(oneByOne(observed())),
+        ? anthropicToOpenAIStream({ includeUsage: options.clientAskedUsage })
+        : openaiToAnthropicStream(),
     );
 
   const send = (controller: ReadableStreamDefaultController<Uint8Array>, events: SseEvent[]) =>
@@ -141,9 +146,24 @@ async function* passThrough(
   }
 }
 
-/** A translation writes each event as it comes. */
-async function* inBatchesOfOne(events: AsyncGenerator<SseEvent>): AsyncGenerator<SseEvent[]> {
-  for await (const event of events) yield [event];
+/** The other format: each read's events translated, until the translation has its last event. */
+async function* translated(
+  batches: AsyncGenerator<SseEvent[]>,
+  translation: StreamTranslation,
+): AsyncGenerator<SseEvent[]> {
+  for await (const events of batches) {
+    const out: SseEvent[] = [];
+    try {
+      for (const event of events) out.push(...translation.push(event));
+    } catch (error) {
+      // An event that cannot be translated ends the stream; what came before it still goes on.
+      if (out.length > 0) yield out;
+      throw error;
+    }
+    if (out.length > 0) yield out;
+    // Stopping here stops reading the upstream body too.
+    if (translation.ended) return;
+  }
 }
 
 const cutShort = () =>
