@@ -540,7 +540,7 @@ const withoutCreated = (events: SseEvent[]) =>
     return p;
   });
 
-Deno.test("Anthropic → OpenAI stream: role, content, tool calls, finish, usage, [DONE]", async () => {
+Deno.test("Anthropic → OpenAI stream: role, content, tool calls, finish, usage, [DONE]", () => {
   const out = translate(anthropicToOpenAIStream({ includeUsage: true }), anthropicStream);
   assert.deepEqual(withoutCreated(out), [
     chunkOf({ role: "assistant", content: "" }),
@@ -575,7 +575,7 @@ Deno.test("Anthropic → OpenAI stream: role, content, tool calls, finish, usage
   assert.deepEqual(client.usage, { ...upstream.usage, cacheWriteTokens: 0 });
 });
 
-Deno.test("Anthropic → OpenAI stream: no usage chunk unless asked", async () => {
+Deno.test("Anthropic → OpenAI stream: no usage chunk unless asked", () => {
   const out = payloads(
     translate(anthropicToOpenAIStream({ includeUsage: false }), anthropicStream),
   );
@@ -583,7 +583,7 @@ Deno.test("Anthropic → OpenAI stream: no usage chunk unless asked", async () =
   assert.equal(out.at(-1), "[DONE]");
 });
 
-Deno.test("Anthropic → OpenAI stream: a usage-only message_delta finishes nothing", async () => {
+Deno.test("Anthropic → OpenAI stream: a usage-only message_delta finishes nothing", () => {
   const revised = [
     ...anthropicStream.slice(0, 4),
     event({ type: "message_delta", delta: { stop_reason: null }, usage: { output_tokens: 3 } }),
@@ -595,7 +595,7 @@ Deno.test("Anthropic → OpenAI stream: a usage-only message_delta finishes noth
   assert.equal(finishes[0].choices[0].finish_reason, "tool_calls");
 });
 
-Deno.test("Anthropic → OpenAI stream: an upstream error ends with an error chunk, no [DONE]", async () => {
+Deno.test("Anthropic → OpenAI stream: an upstream error ends with an error chunk, no [DONE]", () => {
   const failed = [
     ...anthropicStream.slice(0, 4),
     event({ type: "error", error: { type: "overloaded_error", message: "Overloaded" } }),
@@ -612,7 +612,7 @@ Deno.test("Anthropic → OpenAI stream: an upstream error ends with an error chu
   assert.equal(out.includes("[DONE]"), false);
 });
 
-Deno.test("Anthropic → OpenAI stream: a cut stream ends without [DONE] or finish", async () => {
+Deno.test("Anthropic → OpenAI stream: a cut stream ends without [DONE] or finish", () => {
   const out = payloads(
     translate(anthropicToOpenAIStream({ includeUsage: true }), anthropicStream.slice(0, 6)),
   );
@@ -641,7 +641,7 @@ const openaiStream = [
   done,
 ];
 
-Deno.test("OpenAI → Anthropic stream: the full event sequence", async () => {
+Deno.test("OpenAI → Anthropic stream: the full event sequence", () => {
   const out = translate(openaiToAnthropicStream(), openaiStream);
   assert.deepEqual(out.map((e) => e.event), [
     "message_start",
@@ -700,14 +700,14 @@ Deno.test("OpenAI → Anthropic stream: the full event sequence", async () => {
   assert.deepEqual(client.usage, upstream.usage);
 });
 
-Deno.test("OpenAI → Anthropic stream: a cut stream ends without message_stop", async () => {
+Deno.test("OpenAI → Anthropic stream: a cut stream ends without message_stop", () => {
   for (const cut of [openaiStream.slice(0, 5), [...openaiStream.slice(0, 5), done]]) {
     const out = translate(openaiToAnthropicStream(), cut);
     assert.equal(out.some((e) => e.event === "message_stop" || e.event === "message_delta"), false);
   }
 });
 
-Deno.test("OpenAI → Anthropic stream: an upstream error ends with event: error", async () => {
+Deno.test("OpenAI → Anthropic stream: an upstream error ends with event: error", () => {
   const failed = [...openaiStream.slice(0, 3), chunk({ error: { message: "boom", type: "server_error" } })];
   const out = translate(openaiToAnthropicStream(), failed);
   assert.equal(out.at(-1)?.event, "error");
