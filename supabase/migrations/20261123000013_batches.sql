@@ -58,7 +58,9 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_users uuid[];
   v_user uuid;
+  v_order integer[];
   v_routes tollgate.route_read[] := '{}';
   v_budgets tollgate.budget_read[] := '{}';
   v_admission record;
@@ -70,35 +72,35 @@ begin
       using errcode = '22023';
   end if;
 
-  -- The user locks admit() takes, all of them first and in one order (see the header).
-  -- An element whose user_id is not a UUID is refused by admit() without a lock. A dry
-  -- run's user is locked too, though admit() would not lock it: it only waits for that
-  -- user's admissions in flight.
-  for v_user in
-    select distinct (r.value ->> 'user_id')::uuid
-    from jsonb_array_elements(requests) as r
-    where jsonb_typeof(r.value -> 'user_id') = 'string'
-      and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-    order by 1
-  loop
-    perform tollgate.lock_user(v_user);
-  end loop;
-
-  -- Then each request in user id order (see the header; a user's own in the order given,
-  -- one without a valid user id last), given the routes and budgets the ones before it
-  -- read (see admit_one()); its answer goes where its request was.
-  v_answers := array_fill(null::jsonb, array[jsonb_array_length(requests)]);
-  for v_position in
-    select r.ordinality
-    from jsonb_array_elements(requests) with ordinality as r
-    order by
+  -- The users, and the requests in user id order (see the header; a user's own in the
+  -- order given, one without a valid user id last), read in one statement.
+  select
+    array_agg(distinct e.user_id order by e.user_id) filter (where e.user_id is not null),
+    array_agg(e.position order by e.user_id nulls last, e.position)
+  into v_users, v_order
+  from (
+    select
+      r.ordinality::integer as position,
       case
         when jsonb_typeof(r.value -> 'user_id') = 'string'
           and (r.value ->> 'user_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
           then (r.value ->> 'user_id')::uuid
-      end nulls last,
-      r.ordinality
-  loop
+      end as user_id
+    from jsonb_array_elements(requests) with ordinality as r
+  ) as e;
+
+  -- The user locks admit() takes, all of them first and in one order (see the header).
+  -- A request whose user_id is not a UUID is refused by admit() without a lock. A dry
+  -- run's user is locked too, though admit() would not lock it: it only waits for that
+  -- user's admissions in flight.
+  foreach v_user in array coalesce(v_users, '{}') loop
+    perform tollgate.lock_user(v_user);
+  end loop;
+
+  -- Then each request, given the routes and budgets the ones before it read (see
+  -- admit_one()); its answer goes where its request was.
+  v_answers := array_fill(null::jsonb, array[jsonb_array_length(requests)]);
+  foreach v_position in array v_order loop
     v_admission := tollgate.admit_one(requests -> (v_position - 1), v_routes, v_budgets);
     v_routes := v_admission.routes;
     v_budgets := v_admission.budgets;
