@@ -74,31 +74,35 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
     options.maxDurationMs,
   );
 
-  // The events of each upstream read go on together, as one write to the client.
-  async function* observed(): AsyncGenerator<SseEvent[]> {
+  const toClient: StreamTranslation = upstreamFormat === clientFormat
+    ? passThrough(clientFormat, options.clientAskedUsage)
+    : upstreamFormat === "anthropic"
+    ? anthropicToOpenAIStream({ includeUsage: options.clientAskedUsage })
+    : openaiToAnthropicStream();
+
+  // Each upstream event is observed for usage, then translated or filtered; what one upstream
+  // read brings goes on together, as one write to the client.
+  async function* batches(): AsyncGenerator<SseEvent[]> {
     for await (const events of decodeSseBatches(options.upstream)) {
       lastEventAt = performance.now();
-      for (const [i, event] of events.entries()) {
-        try {
+      const out: SseEvent[] = [];
+      try {
+        for (const event of events) {
+          if (toClient.ended) break;
           tracker.observe(event);
-        } catch (error) {
-          // An event that cannot be read ends the stream; the ones before it still go on.
-          if (i > 0) yield events.slice(0, i);
-          throw error;
+          out.push(...toClient.push(event));
         }
+      } catch (error) {
+        // An event that cannot be read ends the stream; what came before it still goes on.
+        if (out.length > 0) yield out;
+        throw error;
       }
-      yield events;
+      if (out.length > 0) yield out;
+      // Stopping here stops reading the upstream body too.
+      if (toClient.ended) return;
     }
   }
-
-  const batches = upstreamFormat === clientFormat
-    ? passThrough(observed(), clientFormat, options.clientAskedUsage)
-    : translated(
-      observed(),
-      upstreamFormat === "anthropic"
-        ? anthropicToOpenAIStream({ includeUsage: options.clientAskedUsage })
-        : openaiToAnthropicStream(),
-    );
+  const written = batches();
 
   const send = (controller: ReadableStreamDefaultController<Uint8Array>, events: SseEvent[]) =>
     controller.enqueue(encoder.encode(events.map(encodeEvent).join("")));
@@ -106,7 +110,7 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const next = await batches.next();
+        const next = await written.next();
         if (!next.done) return send(controller, next.value);
         if (tracker.finished) {
           end("complete");
@@ -133,37 +137,11 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
 }
 
 /** Same format: the events as they came, minus the usage chunk the client did not ask for. */
-async function* passThrough(
-  batches: AsyncGenerator<SseEvent[]>,
-  format: WireFormat,
-  clientAskedUsage: boolean,
-): AsyncGenerator<SseEvent[]> {
-  for await (const events of batches) {
-    const forwarded = format === "anthropic"
-      ? events
-      : events.filter((event) => openai.forwardToClient(event, clientAskedUsage));
-    if (forwarded.length > 0) yield forwarded;
-  }
-}
-
-/** The other format: each read's events translated, until the translation has its last event. */
-async function* translated(
-  batches: AsyncGenerator<SseEvent[]>,
-  translation: StreamTranslation,
-): AsyncGenerator<SseEvent[]> {
-  for await (const events of batches) {
-    const out: SseEvent[] = [];
-    try {
-      for (const event of events) out.push(...translation.push(event));
-    } catch (error) {
-      // An event that cannot be translated ends the stream; what came before it still goes on.
-      if (out.length > 0) yield out;
-      throw error;
-    }
-    if (out.length > 0) yield out;
-    // Stopping here stops reading the upstream body too.
-    if (translation.ended) return;
-  }
+function passThrough(format: WireFormat, clientAskedUsage: boolean): StreamTranslation {
+  return {
+    push: (event) => format === "anthropic" || openai.forwardToClient(event, clientAskedUsage) ? [event] : [],
+    ended: false,
+  };
 }
 
 const cutShort = () =>
