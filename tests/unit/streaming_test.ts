@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { WireFormat } from "../../supabase/functions/_shared/errors.ts";
 import { clientStream, type StreamEnd } from "../../supabase/functions/_shared/streaming.ts";
 
 const encoder = new TextEncoder();
@@ -31,13 +32,24 @@ function upstream(pauses: (number | null)[], signal: AbortSignal): ReadableStrea
   });
 }
 
-/** An OpenAI stream through `clientStream` to an OpenAI client; `end()` is how it ended, once it has. */
-function throughGateway(body: ReadableStream<Uint8Array>, abort = new AbortController(), idleTimeoutMs = 1_000) {
+/**
+ * A provider's stream through `clientStream` to the client (both OpenAI unless `formats` says
+ * otherwise); `end()` is how it ended, once it has.
+ */
+function throughGateway(
+  body: ReadableStream<Uint8Array>,
+  { abort = new AbortController(), idleTimeoutMs = 1_000, upstreamFormat = "openai", clientFormat = "openai" }: {
+    abort?: AbortController;
+    idleTimeoutMs?: number;
+    upstreamFormat?: WireFormat;
+    clientFormat?: WireFormat;
+  } = {},
+) {
   let ended: StreamEnd | undefined;
   const client = clientStream({
     upstream: body,
-    upstreamFormat: "openai",
-    clientFormat: "openai",
+    upstreamFormat,
+    clientFormat,
     clientAskedUsage: false,
     abort,
     idleTimeoutMs,
@@ -60,7 +72,7 @@ function reads(...texts: string[]): ReadableStream<Uint8Array> {
 /** The client's text and how the stream ended, with an idle timeout of `idleTimeoutMs`. */
 async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ text: string; end: StreamEnd }> {
   const abort = new AbortController();
-  const { client, end } = throughGateway(upstream(pauses, abort.signal), abort, idleTimeoutMs);
+  const { client, end } = throughGateway(upstream(pauses, abort.signal), { abort, idleTimeoutMs });
   const text = await new Response(client).text();
   return { text, end: end() };
 }
@@ -97,4 +109,61 @@ Deno.test("an event that cannot be read ends the stream after the ones before it
   assert.match(text, /"code":"upstream_invalid_response"/);
   assert.doesNotMatch(text, /"content":"b"/);
   assert.equal(end().outcome, "upstream_failed");
+});
+
+/** "Hi" as Anthropic streams it, then keep-alives forever; `cancelled()`: whether its reader cancelled it. */
+function endlessAnthropicAnswer({ upTo }: { upTo?: number } = {}) {
+  const events = [
+    {
+      type: "message_start",
+      message: {
+        id: "msg_1",
+        type: "message",
+        role: "assistant",
+        model: "claude-haiku-4-5",
+        content: [],
+        stop_reason: null,
+        stop_sequence: null,
+        usage: { input_tokens: 10, output_tokens: 1 },
+      },
+    },
+    { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } },
+    { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Hi" } },
+    { type: "content_block_stop", index: 0 },
+    { type: "message_delta", delta: { stop_reason: "end_turn", stop_sequence: null }, usage: { output_tokens: 1 } },
+    { type: "message_stop" },
+  ].slice(0, upTo).map((data) => `event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`);
+  let cancelled = false;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      controller.enqueue(encoder.encode(events.shift() ?? ": keep-alive\n\n"));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  });
+  return { body, cancelled: () => cancelled };
+}
+
+const translated = { upstreamFormat: "anthropic", clientFormat: "openai" } as const;
+
+Deno.test("a translated stream that has its last event stops reading the upstream body", async () => {
+  const upstream = endlessAnthropicAnswer();
+  const { client, end } = throughGateway(upstream.body, translated);
+  const text = await new Response(client).text();
+  assert.match(text, /data: \[DONE\]\n\n$/);
+  assert.equal(end().outcome, "complete");
+  assert.equal(upstream.cancelled(), true);
+});
+
+Deno.test("a client that stops reading a translated stream aborts the upstream request", async () => {
+  const upstream = endlessAnthropicAnswer({ upTo: 4 });
+  const abort = new AbortController();
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of throughGateway(upstream.body, { ...translated, abort }).client) {
+    text += decoder.decode(chunk);
+    if (text.includes('"content":"Hi"')) break;
+  }
+  assert.equal(abort.signal.aborted, true);
 });

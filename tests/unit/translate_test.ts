@@ -21,8 +21,7 @@ import {
   type OpenAIChatRequest,
   openaiChatRequestSchema,
 } from "../../supabase/functions/_shared/schemas.ts";
-import { encodeEvent, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
-import { clientStream } from "../../supabase/functions/_shared/streaming.ts";
+import type { SseEvent } from "../../supabase/functions/_shared/sse.ts";
 
 const chunk = (data: object): SseEvent => ({ data: JSON.stringify(data) });
 const event = (data: { type: string; [key: string]: unknown }): SseEvent => ({
@@ -720,52 +719,4 @@ Deno.test("OpenAI → Anthropic stream: an upstream error ends with event: error
     },
   });
   assert.equal(out.some((e) => e.event === "message_stop"), false);
-});
-
-/** An Anthropic body of `events`, then keep-alives forever; `cancelled()`: whether its reader cancelled it. */
-function endlessAnthropicBody(events: SseEvent[]) {
-  let cancelled = false;
-  const encoder = new TextEncoder();
-  const queue = events.map(encodeEvent);
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      controller.enqueue(encoder.encode(queue.shift() ?? ": keep-alive\n\n"));
-    },
-    cancel() {
-      cancelled = true;
-    },
-  });
-  return { body, cancelled: () => cancelled };
-}
-
-function translatedToOpenAI(upstream: ReadableStream<Uint8Array>, abort = new AbortController()) {
-  return clientStream({
-    upstream,
-    upstreamFormat: "anthropic",
-    clientFormat: "openai",
-    clientAskedUsage: false,
-    abort,
-    idleTimeoutMs: 1_000,
-    maxDurationMs: 1_000,
-    onEnd: () => {},
-  });
-}
-
-Deno.test("a translated stream that has its last event stops reading the upstream body", async () => {
-  const upstream = endlessAnthropicBody(anthropicStream);
-  const text = await new Response(translatedToOpenAI(upstream.body)).text();
-  assert.match(text, /data: \[DONE\]\n\n$/);
-  assert.equal(upstream.cancelled(), true);
-});
-
-Deno.test("a client that stops reading a translated stream aborts the upstream request", async () => {
-  const upstream = endlessAnthropicBody(anthropicStream.slice(0, 4));
-  const abort = new AbortController();
-  const decoder = new TextDecoder();
-  let text = "";
-  for await (const chunk of translatedToOpenAI(upstream.body, abort)) {
-    text += decoder.decode(chunk);
-    if (text.includes('"content":"Hi"')) break;
-  }
-  assert.equal(abort.signal.aborted, true);
 });
