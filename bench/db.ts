@@ -745,12 +745,12 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
     const pairMicroseconds = (performance.now() - started) * 1000 / profiledPairs;
 
     const functions: FunctionProfile[] = [];
-    // admit() only calls admit_one(), whose statements are shown instead. settle() is record_call() and then the
-    // rollups: record_call's statements are shown as its own table.
+    // admit() only calls admit_one(), whose statements are shown instead. settle() is record_calls() and then the
+    // rollups: record_calls' statements are shown as its own table.
     const signatures = {
       admit_one: "tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[])",
       settle: "tollgate.settle(jsonb)",
-      record_call: "tollgate.record_call(jsonb)",
+      record_calls: "tollgate.record_calls(jsonb)",
     };
     for (const [name, signature] of Object.entries(signatures)) {
       const lines = new Map<number, string>(
@@ -1110,7 +1110,7 @@ function report(
   if (profile) {
     const shown = 8;
     const us = (value: number) => Math.round(value).toLocaleString();
-    const topLevel = profile.functions.filter((f) => f.name !== "tollgate.record_call");
+    const topLevel = profile.functions.filter((f) => f.name !== "tollgate.record_calls");
     const bodies = topLevel.reduce((sum, f) => sum + f.microsecondsPerCall, 0);
     lines.push("### Where a pair's time goes", "");
     lines.push(
@@ -1120,7 +1120,7 @@ function report(
         topLevel.map((f) => `${us(f.microsecondsPerCall)} µs in the body of \`${f.name}\``).join(", ") +
         `, and ${us(profile.pairMicroseconds - bodies)} µs around them (two statements' round trips, parse, ` +
         "bind, commit, the client). `tollgate.admit` is `tollgate.admit_one` with nothing read before it; " +
-        "`tollgate.settle` is `tollgate.record_call` (everything but the rollups, shown as its own table) and then " +
+        "`tollgate.settle` is `tollgate.record_calls` (everything but the rollups, shown as its own table) and then " +
         "the rollups. The statements that took the most, per call:",
       "",
     );

@@ -391,43 +391,19 @@ create type tollgate.settle_call as (
 comment on type tollgate.settle_call is 'Internal: settle()''s input after validation.';
 
 -- ----------------------------------------------------------------------------
--- tollgate.record_call(call jsonb): settlement but the rollups
+-- tollgate.settle_call_problem(call jsonb): what is wrong with a call, or null
 -- ----------------------------------------------------------------------------
--- Written like admit(): few statements, because each one costs its executor set-up in
--- every transaction (see the note there).
-create function tollgate.record_call(call jsonb, out answer jsonb, out deltas tollgate.usage_delta[])
+-- One expression checks every key's JSON type and range; then jsonb_populate_record
+-- converts them. A missing optional key takes its default; a present key of the wrong
+-- type is a problem.
+create function tollgate.settle_call_problem(call jsonb)
+returns text
 language plpgsql
-volatile
+immutable
 set search_path = ''
 as $$
-declare
-  v_now timestamptz := clock_timestamp();
-  v_call tollgate.settle_call;
-  v_problem text;
-  v_input integer;
-  v_output integer;
-  v_cached_input integer;
-  v_cache_write integer;
-  v_reasoning integer;
-  v_latency integer;
-  v_cost numeric;
-  v_saved numeric;
-  v_priced boolean;
-  v_cached boolean;
-  v_streamed boolean;
-  v_attempts integer;
-  v_usage public.api_usage;
-  v_old public.ai_api_calls;
-  v_new public.ai_api_calls;
-  v_budget_ids bigint[];
-  v_late boolean := false;
-  v_provider_key text;
 begin
-  ---------------------------------------------------------------- the input
-  -- One expression checks every key's JSON type and range; then one call converts
-  -- them. A missing optional key takes its default; a present key of the wrong type
-  -- is an error.
-  v_problem := case
+  return case
     when call is null or jsonb_typeof(call) <> 'object' then 'the call must be a JSON object'
     when jsonb_typeof(call -> 'request_id') is distinct from 'string'
       or (call ->> 'request_id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
@@ -532,201 +508,362 @@ begin
         or (call #> '{cache_entry,ttl_seconds}')::numeric % 1 <> 0)
       then 'cache_entry.ttl_seconds must be a whole number from 1 to 2,592,000'
   end;
-  if v_problem is not null then
-    raise exception 'tollgate.settle: %', v_problem
-      using errcode = '22023',
-        hint = 'Pass the usage the provider reported; see the comment on tollgate.settle for every key.';
-  end if;
-  v_call := jsonb_populate_record(null::tollgate.settle_call, call);
-  v_input := v_call.input_tokens;
-  v_output := v_call.output_tokens;
-  v_cached_input := coalesce(v_call.cached_input_tokens, 0);
-  v_cache_write := coalesce(v_call.cache_write_tokens, 0);
-  v_reasoning := coalesce(v_call.reasoning_tokens, 0);
-  v_latency := v_call.latency_ms;
-  v_cost := v_call.cost_usd;
-  v_saved := coalesce(v_call.saved_cost_usd, 0);
-  v_priced := coalesce(v_call.priced, true);
-  v_cached := coalesce(v_call.cached, false);
-  v_streamed := coalesce(v_call.streamed, false);
-  v_attempts := coalesce(v_call.attempts, 1);
+end;
+$$;
+comment on function tollgate.settle_call_problem(jsonb) is
+  'Internal: what is wrong with a settle() call (a sentence for the error message), or null when it is valid.';
+revoke all on function tollgate.settle_call_problem(jsonb) from public, anon, authenticated;
 
-  ---------------------------------------------------------------- find the reservation (locks it)
-  select u.* into v_usage from public.api_usage as u where u.request_id = v_call.request_id for update;
+-- ----------------------------------------------------------------------------
+-- tollgate.record_late_call(call, provider_key, at): a call no reservation waits for
+-- ----------------------------------------------------------------------------
+-- record_calls() settles the calls whose reservation is still `reserved` together;
+-- each other call comes here, one at a time. It is the same request id again (a
+-- no-op), a call whose reservation the expiry job charged at its estimate (its row is
+-- corrected to the call: a late settlement), or a mistake, which raises: another
+-- user's or feature's reservation, or none at all. The call is valid
+-- (settle_call_problem). Returns the answer, the call row written (null for a
+-- duplicate) and the rollup deltas: the estimate taken back, the call added.
+create function tollgate.record_late_call(
+  call tollgate.settle_call,
+  provider_key text,
+  at timestamptz,
+  out answer jsonb,
+  out recorded public.ai_api_calls,
+  out deltas tollgate.usage_delta[]
+)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_usage public.api_usage;
+  v_old public.ai_api_calls;
+  v_budget_ids bigint[];
+begin
+  answer := jsonb_build_object('settled', false, 'duplicate', true, 'late', false,
+    'request_id', call.request_id, 'status', null, 'cost_usd', null);
+  deltas := '{}';
+
+  select u.* into v_usage from public.api_usage as u where u.request_id = call.request_id for update;
   if found then
-    if v_usage.user_id <> v_call.user_id then
-      raise exception 'tollgate.settle: request % was reserved for another user', v_call.request_id
+    if v_usage.user_id <> call.user_id then
+      raise exception 'tollgate.settle: request % was reserved for another user', call.request_id
         using errcode = '22023', hint = 'Settle with the user_id the request was admitted for.';
     end if;
     if v_usage.status = 'settled' then
-      answer := jsonb_build_object('settled', false, 'duplicate', true, 'late', false,
-        'request_id', v_call.request_id, 'status', null, 'cost_usd', null);
-      deltas := '{}';
       return;
     end if;
-    if v_call.feature is not null and v_call.feature <> v_usage.feature then
+    if call.feature is not null and call.feature <> v_usage.feature then
       raise exception 'tollgate.settle: request % was admitted for feature "%", not "%"',
-          v_call.request_id, v_usage.feature, v_call.feature
+          call.request_id, v_usage.feature, call.feature
         using errcode = '22023', hint = 'Omit feature or pass the admitted one.';
     end if;
-    if v_usage.status = 'expired' then
-      v_late := true;
-      select c.* into v_old from public.ai_api_calls as c where c.request_id = v_call.request_id for update;
-      if not found then
-        raise exception 'tollgate.settle: expired reservation % has no call row', v_call.request_id
-          using errcode = 'P0002', hint = 'Inconsistent state: report it.';
-      end if;
+    assert v_usage.status = 'expired', 'record_calls() settles a reservation still reserved itself';
+    select c.* into v_old from public.ai_api_calls as c where c.request_id = call.request_id for update;
+    if not found then
+      raise exception 'tollgate.settle: expired reservation % has no call row', call.request_id
+        using errcode = 'P0002', hint = 'Inconsistent state: report it.';
     end if;
     v_budget_ids := v_usage.budget_ids;
   else
     -- No reservation row: settled or expired long ago and pruned, or never made.
-    select c.* into v_old from public.ai_api_calls as c where c.request_id = v_call.request_id for update;
+    select c.* into v_old from public.ai_api_calls as c where c.request_id = call.request_id for update;
     if not found then
-      raise exception 'tollgate.settle: no reservation for request %', v_call.request_id
+      raise exception 'tollgate.settle: no reservation for request %', call.request_id
         using errcode = 'P0002',
           hint = 'settle() completes what admit() reserved: admit the request first, with the same request_id.';
     end if;
-    if v_old.user_id is distinct from v_call.user_id then
-      raise exception 'tollgate.settle: request % was reserved for another user', v_call.request_id
+    if v_old.user_id is distinct from call.user_id then
+      raise exception 'tollgate.settle: request % was reserved for another user', call.request_id
         using errcode = '22023', hint = 'Settle with the user_id the request was admitted for.';
     end if;
     if v_old.status <> 'expired' then
-      answer := jsonb_build_object('settled', false, 'duplicate', true, 'late', false,
-        'request_id', v_call.request_id, 'status', null, 'cost_usd', null);
-      deltas := '{}';
       return;
     end if;
-    v_late := true;
     -- The reservation and its list of budgets are gone: use the budgets that apply now.
     select coalesce(array_agg(b.id order by b.id), '{}') into v_budget_ids
     from tollgate.budgets as b
     where b.scope = 'global' or b.feature = v_old.feature;
   end if;
 
-  ---------------------------------------------------------------- the call row, the reservation, the cache
-  -- The key of the attempt that answered (or was made last): attempts end there.
-  select a.value ->> 'key' into v_provider_key
-  from jsonb_array_elements(v_call.attempts_detail) with ordinality as a
-  where a.value ->> 'provider' = v_call.provider
-  order by a.ordinality desc
-  limit 1;
+  update public.ai_api_calls as c
+  set provider = call.provider, model = call.model, input_tokens = call.input_tokens,
+      output_tokens = call.output_tokens, latency_ms = call.latency_ms, estimated_cost = call.cost_usd,
+      cached = coalesce(call.cached, false), status = call.status,
+      cached_input_tokens = coalesce(call.cached_input_tokens, 0),
+      cache_write_tokens = coalesce(call.cache_write_tokens, 0), reasoning_tokens = coalesce(call.reasoning_tokens, 0),
+      attempts = coalesce(call.attempts, 1), fallback_from = call.fallback_from, error_code = call.error_code,
+      priced = coalesce(call.priced, true), saved_cost = coalesce(call.saved_cost_usd, 0), endpoint = call.endpoint,
+      streamed = coalesce(call.streamed, false), provider_key = record_late_call.provider_key, settled_at = at
+  where c.id = v_old.id
+  returning c.* into recorded;
 
-  if not v_late then
+  if v_usage.request_id is not null then
+    update public.api_usage as u
+    set status = 'settled',
+        tokens_used = call.input_tokens + call.output_tokens,
+        estimated_cost = call.cost_usd,
+        provider = call.provider,
+        model = call.model,
+        settled_at = at
+    where u.request_id = call.request_id;
+  end if;
+
+  -- Take the expired estimate back and add the actual call: rollups move by the difference.
+  deltas := array[
+    tollgate.usage_delta_of(v_old, -1, v_budget_ids, 0, 0),
+    tollgate.usage_delta_of(recorded, 1, v_budget_ids, 0, 0)];
+  answer := jsonb_build_object('settled', true, 'duplicate', false, 'late', true, 'request_id', call.request_id,
+    'status', call.status, 'cost_usd', call.cost_usd);
+end;
+$$;
+comment on function tollgate.record_late_call(tollgate.settle_call, text, timestamptz) is
+  'Internal to record_calls(): a call whose reservation is not waiting for it — a duplicate (no-op), a late settlement (corrects the expired row) or a mistake (raises).';
+revoke all on function tollgate.record_late_call(tollgate.settle_call, text, timestamptz)
+  from public, anon, authenticated;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.record_calls(calls jsonb): settlement but the rollups, for 1..32 calls
+-- ----------------------------------------------------------------------------
+-- settle() passes one call, settle_many() (the batches migration) up to 32. Written
+-- as admit() is, for few statements (each one costs its executor set-up in every
+-- transaction: see the note there), and set-based, so that a batch costs about what
+-- one call costs: one statement checks and locks the reservations, one settles every
+-- call whose reservation waits for it (its call row, the reservation completed, the
+-- rollup delta). Only what is rare goes call by call: late and repeated calls
+-- (record_late_call), and circuit breakers or provider keys with something to record.
+--
+-- Lock order, as in admit() and the expiry job: api_usage rows (in request id
+-- order), ai_api_calls rows, the response cache, provider_health rows, provider_keys
+-- rows, provider_key_usage_daily rows; the caller then writes the rollups.
+--
+-- Returns each call's answer (in the order of the calls: see settle()) and the rollup
+-- deltas of every call row written.
+create function tollgate.record_calls(calls jsonb, out answers jsonb[], out deltas tollgate.usage_delta[])
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := clock_timestamp();
+  v_problem text;
+  v_request_ids uuid[] := '{}';
+  v_waiting_rows tid[];
+  -- Positions (1-based) in calls.
+  v_waiting bigint[];
+  v_others bigint[];
+  v_recorded bigint[];
+  v_breakers bigint[];
+  v_key_records bigint[];
+  -- Per position: the key of the attempt that answered (or was made last).
+  v_provider_keys text[];
+  v_rows public.ai_api_calls[];
+  v_late record;
+  v_position bigint;
+begin
+  ---------------------------------------------------------------- the input
+  -- Every call is checked before anything is written.
+  for v_i in 0 .. jsonb_array_length(calls) - 1 loop
+    v_problem := tollgate.settle_call_problem(calls -> v_i);
+    if v_problem is not null then
+      raise exception 'tollgate.settle: %', v_problem
+        using errcode = '22023',
+          hint = 'Pass the usage the provider reported; see the comment on tollgate.settle for every key.';
+    end if;
+    v_request_ids := v_request_ids || (calls -> v_i ->> 'request_id')::uuid;
+  end loop;
+
+  ---------------------------------------------------------------- the reservations (locks them)
+  -- A call's reservation waits for it when it is still `reserved`, for the call's user
+  -- and feature, and the call is the first of its request id here; the others go to
+  -- record_late_call. Read here as well, since it reads no row this settlement writes:
+  -- the calls whose attempts failed or touched a breaker not closed (record_attempts),
+  -- and those whose attempts tell something of a provider key (record_upstream: a
+  -- refused key, rate-limit headers that are low or clear a low record). Usually
+  -- neither.
+  --
+  -- The reservations are looked up one id at a time (a lateral index scan, whatever
+  -- the table's statistics say: a join to the calls could be planned as a scan of the
+  -- whole table, and a plan is kept for the session), and the statement below updates
+  -- them by their tuple ids (a row locked here cannot move), without a second lookup.
+  with reservations as (
+    select u.*
+    from (select distinct id from unnest(v_request_ids) as id order by id) as ids
+    cross join lateral (
+      select u.ctid, u.request_id, u.user_id, u.feature, u.status
+      from public.api_usage as u
+      where u.request_id = ids.id
+      for update
+    ) as u
+  )
+  select
+    array_agg(k.ordinality order by k.ordinality) filter (where k.waited_for),
+    array_agg(k.reservation order by k.ordinality) filter (where k.waited_for),
+    array_agg(k.ordinality order by k.ordinality) filter (where not k.waited_for),
+    array_agg(k.provider_key order by k.ordinality),
+    array_agg(k.ordinality order by k.ordinality) filter (where k.breakers),
+    array_agg(k.ordinality order by k.ordinality) filter (where k.keys)
+  into v_waiting, v_waiting_rows, v_others, v_provider_keys, v_breakers, v_key_records
+  from (
+    select k.ordinality, r.ctid as reservation,
+      coalesce(r.status = 'reserved' and r.user_id = k.user_id and coalesce(k.feature = r.feature, true)
+        and row_number() over (partition by k.request_id order by k.ordinality) = 1, false) as waited_for,
+      (jsonb_path_query_array(k.attempts_detail, '$[*] ? (@.provider == $provider)',
+        jsonb_build_object('provider', k.provider)) -> -1) ->> 'key' as provider_key,
+      jsonb_path_exists(k.attempts_detail, '$[*] ? (@.ok == false)')
+        or exists (
+          select from tollgate.provider_health as h
+          join jsonb_array_elements(k.attempts_detail) as a
+            on h.provider = a.value ->> 'provider' and h.model = a.value ->> 'model'
+          where h.state <> 'closed' or h.consecutive_failures > 0) as breakers,
+      -- record_upstream's `low`, tested here in jsonpath.
+      jsonb_path_exists(k.attempts_detail,
+          '$[*] ? (@.key.type() == "string" && (@.status == 401 || @.status == 403
+            || @.ratelimit.remaining_requests * 100 <= @.ratelimit.limit_requests * $low
+            || @.ratelimit.remaining_tokens * 100 <= @.ratelimit.limit_tokens * $low
+            || @.ratelimit.remaining_requests == 0 || @.ratelimit.remaining_tokens == 0))',
+          jsonb_build_object('low', (select s.low_headroom_percent from tollgate.upstream_settings as s)), true)
+        or exists (
+          select from tollgate.provider_keys as pk
+          join jsonb_array_elements(k.attempts_detail) as a
+            on pk.provider = a.value ->> 'provider' and pk.label = a.value ->> 'key'
+          where pk.observed_at is not null) as keys
+    from jsonb_populate_recordset(null::tollgate.settle_call, calls) with ordinality as k
+    left join reservations as r on r.request_id = k.request_id
+  ) as k;
+
+  ---------------------------------------------------------------- the calls reservations wait for, together
+  -- Each reservation completed, its call row written, and that row's rollup delta (the
+  -- reservation's estimate released). The answers are in the calls' order.
+  with waiting as (
+    select k.*
+    from jsonb_populate_recordset(null::tollgate.settle_call, calls) with ordinality as k
+    where k.ordinality = any (v_waiting)
+  ),
+  completed as (
+    update public.api_usage as u
+    set status = 'settled',
+        tokens_used = w.input_tokens + w.output_tokens,
+        estimated_cost = w.cost_usd,
+        provider = w.provider,
+        model = w.model,
+        settled_at = v_now
+    from waiting as w
+    where u.ctid = any (v_waiting_rows) and u.request_id = w.request_id
+    returning u.request_id, u.created_at, u.feature, u.budget_ids,
+      u.estimated_input_tokens + u.max_output_tokens as reserved_tokens, u.reserved_cost
+  ),
+  inserted as (
     insert into public.ai_api_calls as c (
       created_at, user_id, feature, provider, model, input_tokens, output_tokens, latency_ms,
       estimated_cost, cached, status, request_id, cached_input_tokens, cache_write_tokens,
       reasoning_tokens, attempts, fallback_from, error_code, priced, saved_cost, endpoint, streamed, provider_key,
       settled_at)
-    values (
-      v_usage.created_at, v_call.user_id, v_usage.feature, v_call.provider, v_call.model, v_input, v_output, v_latency,
-      v_cost, v_cached, v_call.status, v_call.request_id, v_cached_input, v_cache_write,
-      v_reasoning, v_attempts, v_call.fallback_from, v_call.error_code, v_priced, v_saved, v_call.endpoint,
-      v_streamed, v_provider_key, v_now)
-    returning c.* into v_new;
-  else
-    update public.ai_api_calls as c
-    set provider = v_call.provider, model = v_call.model, input_tokens = v_input, output_tokens = v_output,
-        latency_ms = v_latency, estimated_cost = v_cost, cached = v_cached, status = v_call.status,
-        cached_input_tokens = v_cached_input, cache_write_tokens = v_cache_write, reasoning_tokens = v_reasoning,
-        attempts = v_attempts, fallback_from = v_call.fallback_from, error_code = v_call.error_code, priced = v_priced,
-        saved_cost = v_saved, endpoint = v_call.endpoint, streamed = v_streamed, provider_key = v_provider_key,
-        settled_at = v_now
-    where c.id = v_old.id
-    returning c.* into v_new;
+    select r.created_at, w.user_id, r.feature, w.provider, w.model, w.input_tokens, w.output_tokens, w.latency_ms,
+      w.cost_usd, coalesce(w.cached, false), w.status, w.request_id, coalesce(w.cached_input_tokens, 0),
+      coalesce(w.cache_write_tokens, 0), coalesce(w.reasoning_tokens, 0), coalesce(w.attempts, 1), w.fallback_from,
+      w.error_code, coalesce(w.priced, true), coalesce(w.saved_cost_usd, 0), w.endpoint, coalesce(w.streamed, false),
+      v_provider_keys[w.ordinality], v_now
+    from waiting as w
+    join completed as r on r.request_id = w.request_id
+    returning c.*
+  )
+  select
+    coalesce(array_agg(jsonb_build_object('settled', true, 'duplicate', false, 'late', false,
+      'request_id', w.request_id, 'status', w.status, 'cost_usd', w.cost_usd) order by w.ordinality), '{}'),
+    coalesce(array_agg(row(i.*)::public.ai_api_calls order by w.ordinality), '{}'),
+    coalesce(array_agg(tollgate.usage_delta_of(row(i.*)::public.ai_api_calls, 1, r.budget_ids, r.reserved_tokens,
+      r.reserved_cost) order by w.ordinality), '{}')
+  into answers, v_rows, deltas
+  from inserted as i
+  join waiting as w on w.request_id = i.request_id
+  join completed as r on r.request_id = i.request_id;
+  v_recorded := coalesce(v_waiting, '{}');
+
+  ---------------------------------------------------------------- the others, one at a time
+  if v_others is not null then
+    -- Every call's answer in its place.
+    answers := array(
+      select case when p = any (v_waiting) then answers[array_position(v_waiting, p)] end
+      from generate_series(1, jsonb_array_length(calls)) as p);
+    foreach v_position in array v_others loop
+      v_late := tollgate.record_late_call(
+        jsonb_populate_record(null::tollgate.settle_call, calls -> (v_position::integer - 1)),
+        v_provider_keys[v_position], v_now);
+      answers[v_position] := v_late.answer;
+      if cardinality(v_late.deltas) > 0 then -- not a duplicate
+        v_recorded := v_recorded || v_position;
+        v_rows := v_rows || v_late.recorded;
+        deltas := deltas || v_late.deltas;
+      end if;
+    end loop;
   end if;
 
-  if v_usage.request_id is not null then
-    update public.api_usage as u
-    set status = 'settled',
-        tokens_used = v_input + v_output,
-        estimated_cost = v_cost,
-        provider = v_call.provider,
-        model = v_call.model,
-        settled_at = v_now
-    where u.request_id = v_call.request_id;
-  end if;
-
-  if v_call.status = 'success' and not v_cached and jsonb_typeof(v_call.cache_entry) = 'object' then
+  ---------------------------------------------------------------- the cache, circuit breakers and keys
+  -- A successful call that was not a cache hit stores its cache entry (the last call
+  -- of a key here wins, as it would one after the other).
+  if jsonb_path_exists(calls, '$[*] ? (@.cache_entry.type() == "object")') then
     insert into tollgate.response_cache as rc (
       cache_key, feature, provider, model, response, cost_usd, created_at, expires_at, stale_until)
-    select e.key, e.feature, v_call.provider, v_call.model, v_call.cache_entry -> 'response', v_cost, v_now,
-      e.expires_at, e.expires_at + make_interval(secs => coalesce(f.stale_cache_seconds, 0))
-    from (select v_call.cache_entry ->> 'key' as key, coalesce(v_usage.feature, v_old.feature) as feature,
-            v_now + make_interval(secs => (v_call.cache_entry ->> 'ttl_seconds')::numeric::integer) as expires_at) as e
-    left join tollgate.features as f on f.name = e.feature
+    select distinct on (e.key) e.key, r.feature, r.provider, r.model, k.cache_entry -> 'response', r.estimated_cost,
+      v_now, e.expires_at, e.expires_at + make_interval(secs => coalesce(f.stale_cache_seconds, 0))
+    from jsonb_populate_recordset(null::tollgate.settle_call, calls) with ordinality as k
+    join unnest(v_rows) as r on r.request_id = k.request_id
+    cross join lateral (
+      select k.cache_entry ->> 'key' as key,
+        v_now + make_interval(secs => (k.cache_entry ->> 'ttl_seconds')::numeric::integer) as expires_at
+    ) as e
+    left join tollgate.features as f on f.name = r.feature
+    where k.ordinality = any (v_recorded) and k.status = 'success' and not coalesce(k.cached, false)
+      and jsonb_typeof(k.cache_entry) = 'object'
+    order by e.key, k.ordinality desc
     on conflict (cache_key) do update
       set feature = excluded.feature, provider = excluded.provider, model = excluded.model,
           response = excluded.response, cost_usd = excluded.cost_usd,
           created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = excluded.stale_until;
   end if;
 
-  ---------------------------------------------------------------- circuit breakers and keys (then the rollups: the lock order)
-  -- Usually every attempt succeeded on a closed breaker: one read, no write.
-  if jsonb_path_exists(v_call.attempts_detail, '$[*] ? (@.ok == false)')
-    or exists (
-      select from tollgate.provider_health as h
-      join jsonb_array_elements(v_call.attempts_detail) as a
-        on h.provider = a.value ->> 'provider' and h.model = a.value ->> 'model'
-      where h.state <> 'closed' or h.consecutive_failures > 0)
-  then
-    perform tollgate.record_attempts(v_call.attempts_detail, v_now);
-  end if;
-  -- Provider keys (the upstream migration): a refused key, or rate-limit headers that
-  -- are low (record_upstream's `low`, tested here in jsonpath) or clear a low record.
-  -- Usually neither: one read, no write.
-  if jsonb_path_exists(v_call.attempts_detail,
-      '$[*] ? (@.key.type() == "string" && (@.status == 401 || @.status == 403
-        || @.ratelimit.remaining_requests * 100 <= @.ratelimit.limit_requests * $low
-        || @.ratelimit.remaining_tokens * 100 <= @.ratelimit.limit_tokens * $low
-        || @.ratelimit.remaining_requests == 0 || @.ratelimit.remaining_tokens == 0))',
-      jsonb_build_object('low', (select s.low_headroom_percent from tollgate.upstream_settings as s)), true)
-    or exists (
-      select from tollgate.provider_keys as k
-      join jsonb_array_elements(v_call.attempts_detail) as a
-        on k.provider = a.value ->> 'provider' and k.label = a.value ->> 'key'
-      where k.observed_at is not null)
-  then
-    perform tollgate.record_upstream(v_call.attempts_detail, v_now);
-  end if;
+  foreach v_position in array coalesce(v_breakers, '{}') loop
+    if v_position = any (v_recorded) then
+      perform tollgate.record_attempts(calls -> (v_position::integer - 1) -> 'attempts_detail', v_now);
+    end if;
+  end loop;
+  foreach v_position in array coalesce(v_key_records, '{}') loop
+    if v_position = any (v_recorded) then
+      perform tollgate.record_upstream(calls -> (v_position::integer - 1) -> 'attempts_detail', v_now);
+    end if;
+  end loop;
 
-  -- What the call adds to the rollups, applied by the caller (see settle()).
-  if v_late then
-    -- Take the expired estimate back and add the actual call: rollups move by the difference.
-    deltas := array[
-      tollgate.usage_delta_of(v_old, -1, v_budget_ids, 0, 0),
-      tollgate.usage_delta_of(v_new, 1, v_budget_ids, 0, 0)];
-  else
-    deltas := array[tollgate.usage_delta_of(v_new, 1, v_budget_ids,
-      v_usage.estimated_input_tokens + v_usage.max_output_tokens, v_usage.reserved_cost)];
-  end if;
-
-  -- The key's daily spend (a late correction adds it here: expiry never charged a key).
-  if v_provider_key is not null then
+  -- The keys' daily spend (a late settlement adds it here: expiry never charged a key).
+  if array_remove(v_provider_keys, null) <> '{}' then
     insert into tollgate.provider_key_usage_daily as d (
       provider, label, day, shard, calls, input_tokens, output_tokens, cost_usd, updated_at)
-    values (v_call.provider, v_provider_key, (v_new.created_at at time zone 'UTC')::date, pg_backend_pid() % 16, 1,
-      v_input, v_output, v_cost, v_now)
+    select r.provider, r.provider_key, (r.created_at at time zone 'UTC')::date, pg_backend_pid() % 16, count(*),
+      sum(r.input_tokens), sum(r.output_tokens), sum(r.estimated_cost), v_now
+    from unnest(v_rows) as r
+    where r.provider_key is not null
+    group by 1, 2, 3
+    order by 1, 2, 3
     on conflict (provider, label, day, shard) do update
-      set calls = d.calls + 1,
+      set calls = d.calls + excluded.calls,
           input_tokens = d.input_tokens + excluded.input_tokens,
           output_tokens = d.output_tokens + excluded.output_tokens,
           cost_usd = d.cost_usd + excluded.cost_usd,
           updated_at = excluded.updated_at;
   end if;
-
-  answer := jsonb_build_object('settled', true, 'duplicate', false, 'late', v_late, 'request_id', v_call.request_id,
-    'status', v_call.status, 'cost_usd', v_cost);
 end;
 $$;
-comment on function tollgate.record_call(jsonb) is
-  'Internal to settle() and settle_many(): everything settlement does but the rollups — validates the call, writes the ai_api_calls row, completes the reservation, feeds breakers, keys and cache — and returns the answer and the rollup deltas to apply.';
-revoke all on function tollgate.record_call(jsonb) from public, anon, authenticated;
+comment on function tollgate.record_calls(jsonb) is
+  'Internal to settle() and settle_many(): everything settlement does but the rollups, for 1 to 32 calls — validates them, writes their ai_api_calls rows, completes their reservations, feeds breakers, keys and cache — and returns the answers and the rollup deltas to apply.';
+revoke all on function tollgate.record_calls(jsonb) from public, anon, authenticated;
 
 -- ----------------------------------------------------------------------------
 -- tollgate.settle(call jsonb) returns jsonb
 -- ----------------------------------------------------------------------------
--- record_call(), then its rollups. settle_many() (the batches migration) applies the
--- rollups of a whole batch at once instead, with apply_usage_deltas().
+-- record_calls() with one call, then its rollups. settle_many() (the batches
+-- migration) applies the rollups of a whole batch at once instead, with
+-- apply_usage_deltas().
 create function tollgate.settle(call jsonb)
 returns jsonb
 language plpgsql
@@ -743,8 +880,8 @@ declare
   v_shard integer := pg_backend_pid() % 16;
 begin
   -- An assignment, not a query: PL/pgSQL runs the call without a statement's executor.
-  v_recorded := tollgate.record_call(call);
-  v_answer := v_recorded.answer;
+  v_recorded := tollgate.record_calls(jsonb_build_array(call));
+  v_answer := v_recorded.answers[1];
   v_deltas := v_recorded.deltas;
   if cardinality(v_deltas) = 0 then
     return v_answer; -- a duplicate

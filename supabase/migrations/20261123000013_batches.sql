@@ -14,11 +14,13 @@
 -- settle(), which answers for that element alone. Both are idempotent on the request
 -- id, so an element whose batch committed unseen is not counted twice.
 --
--- Each element is decided exactly as admit() or settle() decides it alone, each
--- statement seeing the writes of the elements before it. admit_many() decides its
--- elements in user id order, and a user's in the order given: two requests of one
--- user in one admission batch count against that user's windows one after the other,
--- in the order given. (Requests that arrive together have no order between users.)
+-- Each admission is decided exactly as admit() decides it alone, each statement
+-- seeing the writes of the admissions before it. admit_many() decides its elements in
+-- user id order, and a user's in the order given: two requests of one user in one
+-- admission batch count against that user's windows one after the other, in the
+-- order given. (Requests that arrive together have no order between users.)
+-- Settlements decide nothing against each other: settle() and settle_many() record
+-- their calls with the same function (tollgate.record_calls), one call or many.
 --
 -- Two reads are shared. A model's route (its steps' breakers and keys, its prices) is
 -- read by the first element routed to that model and used by the later ones, until
@@ -117,8 +119,8 @@ grant execute on function tollgate.admit_many(jsonb) to service_role;
 -- ----------------------------------------------------------------------------
 -- tollgate.settle_many(calls jsonb) returns void
 -- ----------------------------------------------------------------------------
--- calls: a JSON array of 1..32 settle() calls. Each is recorded as settle() records it
--- (tollgate.record_call), in order; then the rollups of all of them at once.
+-- calls: a JSON array of 1..32 settle() calls. They are recorded together, as settle()
+-- records one (tollgate.record_calls); then the rollups of all of them at once.
 create function tollgate.settle_many(calls jsonb)
 returns void
 language plpgsql
@@ -127,17 +129,13 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_recorded record;
-  v_deltas tollgate.usage_delta[] := '{}';
+  v_deltas tollgate.usage_delta[];
 begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
     raise exception 'tollgate.settle_many: calls must be an array of 1 to 32 settle() calls'
       using errcode = '22023';
   end if;
-  for v_i in 0 .. jsonb_array_length(calls) - 1 loop
-    v_recorded := tollgate.record_call(calls -> v_i);
-    v_deltas := v_deltas || v_recorded.deltas;
-  end loop;
+  v_deltas := (tollgate.record_calls(calls)).deltas;
   -- The batch's rollups at once: one upsert per rollup row, all of them locked in key
   -- order, as the expiry job locks them.
   if cardinality(v_deltas) > 0 then

@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(27);
+select plan(35);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -157,6 +157,62 @@ select is(
   (select count(*) from public.ai_api_calls where request_id in (select (request ->> 'request_id')::uuid from batch)),
   3::bigint,
   '... and writes no second row');
+
+-- What is rare goes call by call within the batch, and the batch still settles each
+-- request once: the same call twice, a late call (its reservation expired), two cache
+-- entries under one key, a failed attempt on another provider and a provider key.
+create temporary table mixed (name text primary key, request jsonb) on commit drop;
+insert into mixed
+select 'r' || g, pg_temp.request((select id from ids where name = 'a')) from generate_series(1, 4) as g;
+select tollgate.admit_many((select jsonb_agg(m.request order by m.name) from mixed as m));
+update public.api_usage set created_at = created_at - interval '11 minutes'
+where request_id = (select (request ->> 'request_id')::uuid from mixed where name = 'r4');
+select is(tollgate.expire_reservations(), 1, 'a reservation of the next batch expires before it is settled');
+select lives_ok(
+  format('select tollgate.settle_many(%L)', jsonb_build_array(
+    pg_temp.call_for((select request from mixed where name = 'r1'), '{"attempts_detail": [
+      {"provider": "anthropic", "model": "claude-haiku-4-5", "ok": false, "status": 500},
+      {"provider": "openai", "model": "gpt-4o-mini", "ok": true, "status": 200, "key": "batch-key"}]}'),
+    pg_temp.call_for((select request from mixed where name = 'r2'),
+      '{"cache_entry": {"key": "batch-cache", "response": {"text": "first"}, "ttl_seconds": 600}}'),
+    pg_temp.call_for((select request from mixed where name = 'r3'),
+      '{"cache_entry": {"key": "batch-cache", "response": {"text": "second"}, "ttl_seconds": 600}}'),
+    pg_temp.call_for((select request from mixed where name = 'r1')),
+    pg_temp.call_for((select request from mixed where name = 'r4')))),
+  'settle_many settles a batch with a call repeated and a late one');
+select results_eq(
+  $$select m.name, c.status, c.input_tokens, c.provider_key
+    from mixed as m join public.ai_api_calls as c on c.request_id = (m.request ->> 'request_id')::uuid
+    order by m.name$$,
+  $$values ('r1', 'success', 120, 'batch-key'), ('r2', 'success', 120, null), ('r3', 'success', 120, null),
+    ('r4', 'success', 120, null)$$,
+  'one call row per request, the late one corrected to its call, the answering attempt''s key on its row');
+select results_eq(
+  $$select sum(d.calls)::integer, sum(d.input_tokens)::bigint, sum(d.cost_usd), sum(d.reserved_tokens)::bigint,
+      sum(d.reserved_cost_usd)
+    from public.user_usage_daily as d where d.user_id = (select id from ids where name = 'a')$$,
+  $$select count(*)::integer, sum(c.input_tokens)::bigint, sum(c.estimated_cost), 0::bigint, 0::numeric
+    from public.ai_api_calls as c where c.user_id = (select id from ids where name = 'a')$$,
+  'the user''s rollup equals their call rows over the days, and nothing stays reserved');
+select is(
+  (select h.consecutive_failures from tollgate.provider_health as h
+   where h.provider = 'anthropic' and h.model = 'claude-haiku-4-5'),
+  1,
+  'a failed attempt counts against its breaker');
+select is(
+  (select array[sum(k.calls), sum(k.input_tokens)] from tollgate.provider_key_usage_daily as k
+   where k.provider = 'openai' and k.label = 'batch-key'),
+  array[1, 120]::numeric[],
+  'the key that answered is charged once');
+select is(
+  (select response ->> 'text' from tollgate.response_cache where cache_key = 'batch-cache'),
+  'second',
+  'of two cache entries under one key, the later call''s is kept');
+select throws_ok(
+  format('select tollgate.settle_many(%L)', jsonb_build_array(
+    pg_temp.call_for((select request from mixed where name = 'r1'),
+      jsonb_build_object('user_id', (select id from ids where name = 'b'))))),
+  '22023', null, 'settle_many refuses a call for another user''s reservation');
 
 -- ----------------------------------------------------------------------------
 -- Reads shared within a batch

@@ -1567,11 +1567,16 @@ export type Database = {
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
-      "record_call": { Args: { "call": Json }; Returns: Record<string, unknown> };
+      "record_calls": { Args: { "calls": Json }; Returns: Record<string, unknown> };
+      "record_late_call": {
+        Args: { "at": string; "call": Database["tollgate"]["CompositeTypes"]["settle_call"]; "provider_key": string };
+        Returns: Record<string, unknown>;
+      };
       "record_upstream": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "register_provider_keys": { Args: { "keys": Json }; Returns: number };
       "revive_provider_key": { Args: { "label": string; "provider": string }; Returns: boolean };
       "settle": { Args: { "call": Json }; Returns: Json };
+      "settle_call_problem": { Args: { "call": Json }; Returns: string };
       "settle_many": { Args: { "calls": Json }; Returns: undefined };
       "stale_answer": { Args: { "cache_key": string; "feature": string }; Returns: Json };
       "upstream_admission": {
