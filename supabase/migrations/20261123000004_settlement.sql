@@ -643,6 +643,11 @@ revoke all on function tollgate.record_late_call(tollgate.settle_call, text, tim
 create function tollgate.record_calls(calls jsonb, out answers jsonb[], out deltas tollgate.usage_delta[])
 language plpgsql
 volatile
+-- Each statement's plan is made once per session. PostgreSQL would otherwise plan the
+-- two wide statements below again for every call, as it estimates a plan made for its
+-- arrays' contents cheaper than one for any arrays, and planning them costs more than
+-- running them.
+set plan_cache_mode = force_generic_plan
 set search_path = ''
 as $$
 declare
@@ -708,7 +713,7 @@ begin
   from (
     select k.ordinality, r.ctid as reservation,
       coalesce(r.status = 'reserved' and r.user_id = k.user_id and coalesce(k.feature = r.feature, true)
-        and row_number() over (partition by k.request_id order by k.ordinality) = 1, false) as waited_for,
+        and array_position(v_request_ids, k.request_id) = k.ordinality, false) as waited_for,
       (jsonb_path_query_array(k.attempts_detail, '$[*] ? (@.provider == $provider)',
         jsonb_build_object('provider', k.provider)) -> -1) ->> 'key' as provider_key,
       jsonb_path_exists(k.attempts_detail, '$[*] ? (@.ok == false)')
@@ -736,12 +741,7 @@ begin
   ---------------------------------------------------------------- the calls reservations wait for, together
   -- Each reservation completed, its call row written, and that row's rollup delta (the
   -- reservation's estimate released). The answers are in the calls' order.
-  with waiting as (
-    select k.*
-    from jsonb_populate_recordset(null::tollgate.settle_call, calls) with ordinality as k
-    where k.ordinality = any (v_waiting)
-  ),
-  completed as (
+  with completed as (
     update public.api_usage as u
     set status = 'settled',
         tokens_used = w.input_tokens + w.output_tokens,
@@ -749,9 +749,9 @@ begin
         provider = w.provider,
         model = w.model,
         settled_at = v_now
-    from waiting as w
-    where u.ctid = any (v_waiting_rows) and u.request_id = w.request_id
-    returning u.request_id, u.created_at, u.feature, u.budget_ids,
+    from jsonb_populate_recordset(null::tollgate.settle_call, calls) with ordinality as w
+    where u.ctid = any (v_waiting_rows) and w.ordinality = any (v_waiting) and u.request_id = w.request_id
+    returning w.*, u.created_at, u.feature as reserved_feature, u.budget_ids,
       u.estimated_input_tokens + u.max_output_tokens as reserved_tokens, u.reserved_cost
   ),
   inserted as (
@@ -760,25 +760,23 @@ begin
       estimated_cost, cached, status, request_id, cached_input_tokens, cache_write_tokens,
       reasoning_tokens, attempts, fallback_from, error_code, priced, saved_cost, endpoint, streamed, provider_key,
       settled_at)
-    select r.created_at, w.user_id, r.feature, w.provider, w.model, w.input_tokens, w.output_tokens, w.latency_ms,
-      w.cost_usd, coalesce(w.cached, false), w.status, w.request_id, coalesce(w.cached_input_tokens, 0),
+    select w.created_at, w.user_id, w.reserved_feature, w.provider, w.model, w.input_tokens, w.output_tokens,
+      w.latency_ms, w.cost_usd, coalesce(w.cached, false), w.status, w.request_id, coalesce(w.cached_input_tokens, 0),
       coalesce(w.cache_write_tokens, 0), coalesce(w.reasoning_tokens, 0), coalesce(w.attempts, 1), w.fallback_from,
       w.error_code, coalesce(w.priced, true), coalesce(w.saved_cost_usd, 0), w.endpoint, coalesce(w.streamed, false),
       v_provider_keys[w.ordinality], v_now
-    from waiting as w
-    join completed as r on r.request_id = w.request_id
+    from completed as w
     returning c.*
   )
   select
     coalesce(array_agg(jsonb_build_object('settled', true, 'duplicate', false, 'late', false,
       'request_id', w.request_id, 'status', w.status, 'cost_usd', w.cost_usd) order by w.ordinality), '{}'),
     coalesce(array_agg(row(i.*)::public.ai_api_calls order by w.ordinality), '{}'),
-    coalesce(array_agg(tollgate.usage_delta_of(row(i.*)::public.ai_api_calls, 1, r.budget_ids, r.reserved_tokens,
-      r.reserved_cost) order by w.ordinality), '{}')
+    coalesce(array_agg(tollgate.usage_delta_of(row(i.*)::public.ai_api_calls, 1, w.budget_ids, w.reserved_tokens,
+      w.reserved_cost) order by w.ordinality), '{}')
   into answers, v_rows, deltas
   from inserted as i
-  join waiting as w on w.request_id = i.request_id
-  join completed as r on r.request_id = i.request_id;
+  join completed as w on w.request_id = i.request_id;
   v_recorded := coalesce(v_waiting, '{}');
 
   ---------------------------------------------------------------- the others, one at a time
