@@ -748,7 +748,7 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
     // admit() only calls admit_one(), whose statements are shown instead. settle() is record_calls() and then the
     // rollups: record_calls' statements are shown as its own table.
     const signatures = {
-      admit_one: "tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[])",
+      admit_one: "tollgate.admit_one(jsonb, boolean, tollgate.route_read[], tollgate.budget_read[])",
       settle: "tollgate.settle(jsonb)",
       record_calls: "tollgate.record_calls(jsonb)",
     };

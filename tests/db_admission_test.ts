@@ -89,7 +89,7 @@ dbTest("db: one user's admissions do not wait for another user's", async () => {
   try {
     // Hold alice's admission lock, as a transaction admitting her would.
     await holder`begin`;
-    await holder`select tollgate.lock_user(${alice})`;
+    await holder`select tollgate.lock_users(array[${alice}]::uuid[])`;
 
     const started = performance.now();
     const forBob = await sql.begin(async (tx) => {

@@ -183,24 +183,25 @@ comment on function tollgate.lock_budget(bigint) is
   'Internal: takes a budget''s lease lock until the end of the transaction (see lease_budget).';
 revoke all on function tollgate.lock_budget(bigint) from public, anon, authenticated;
 
--- The user's lock: admit() serializes one user's admissions under it (see CONCURRENCY),
--- and admit_many() takes it for all its users first. The key is a 64-bit hash of the
--- user id, seeded so it does not meet other applications' advisory locks by accident.
--- PL/pgSQL rather than SQL: a SQL function with a SET clause is planned again on every
--- call, and this runs in every admission.
-create function tollgate.lock_user(user_id uuid)
+-- The users' locks: admit() serializes one user's admissions under the user's lock (see
+-- CONCURRENCY), and admit_many() takes the locks of all its users first, in one call.
+-- They are taken in the order given (unnest() yields its elements in order). The key
+-- is a 64-bit hash of the user id, seeded so it does not meet other applications'
+-- advisory locks by accident. PL/pgSQL rather than SQL: a SQL function with a SET
+-- clause is planned again on every call, and this runs in every admission.
+create function tollgate.lock_users(user_ids uuid[])
 returns void
 language plpgsql
 volatile
 set search_path = ''
 as $$
 begin
-  perform pg_advisory_xact_lock(hashtextextended(lock_user.user_id::text, 7104));
+  perform pg_advisory_xact_lock(hashtextextended(u.id::text, 7104)) from unnest(lock_users.user_ids) as u (id);
 end;
 $$;
-comment on function tollgate.lock_user(uuid) is
-  'Internal: takes a user''s admission lock until the end of the transaction (see admit()).';
-revoke all on function tollgate.lock_user(uuid) from public, anon, authenticated;
+comment on function tollgate.lock_users(uuid[]) is
+  'Internal: takes users'' admission locks, in the order given, until the end of the transaction (see admit()).';
+revoke all on function tollgate.lock_users(uuid[]) from public, anon, authenticated;
 
 -- ----------------------------------------------------------------------------
 -- tollgate.lease_budget(): a hard-capped reservation its shard's lease cannot take
@@ -321,9 +322,29 @@ referencing old table as old_budgets new table as new_budgets
 for each statement
 execute function tollgate.budgets_take_back_leases();
 
+-- A quota's warning for admit()'s answer (seed 001: tell users at 80% of a quota), as
+-- a JSON array of none or one. No quota (null): none.
+create function tollgate.quota_warning(kind text, used numeric, quota numeric, message text)
+returns jsonb
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return case
+    when quota > 0 and used * 100 >= quota * 80 then
+      jsonb_build_array(jsonb_build_object('kind', kind, 'percent', floor(used * 100 / quota), 'message', message))
+    else '[]'
+  end;
+end;
+$$;
+comment on function tollgate.quota_warning(text, numeric, numeric, text) is
+  'Internal to admit(): the warning of a quota used to 80% or more, as a JSON array of none or one.';
+revoke all on function tollgate.quota_warning(text, numeric, numeric, text) from public, anon, authenticated;
+
 -- admit() is admit_one() with nothing read yet; admit_many() (the batches migration)
 -- passes the routes and budgets its earlier requests read, so that a batch reads a
--- model's route and a feature's budgets once.
+-- model's route and a feature's budgets once, and holds its users' locks already.
 --
 -- How admit_one() is written: PL/pgSQL keeps each statement's plan for the session,
 -- but sets up its executor state again in every transaction — and every lone call is
@@ -333,6 +354,7 @@ execute function tollgate.budgets_take_back_leases();
 -- user_usage_daily, budget_periods).
 create function tollgate.admit_one(
   request jsonb,
+  user_locked boolean,
   inout routes tollgate.route_read[],
   inout budgets tollgate.budget_read[],
   out answer jsonb
@@ -434,6 +456,7 @@ declare
   v_retry_after integer;
   v_warnings jsonb := '[]'::jsonb;
   v_route_json jsonb;
+  v_windows_json jsonb;
   v_budget_pending boolean := false;
   v_shown_reserved_tokens bigint := 0;
   v_shown_reserved_cost numeric := 0;
@@ -550,8 +573,8 @@ begin
     ---------------------------------------------------------------- the user's counters and windows, under the user lock
     -- Serializes this user's admissions (see CONCURRENCY above); released at commit.
     -- Dry runs decide without it.
-    if not v_dry_run then
-      perform tollgate.lock_user(v_req.user_id);
+    if not v_dry_run and not user_locked then
+      perform tollgate.lock_users(array[v_req.user_id]);
     end if;
     v_now := clock_timestamp();
     v_today := (v_now at time zone 'UTC')::date;
@@ -1053,34 +1076,28 @@ begin
       if v_restricted_reason is null then
         v_layer := null;
       end if;
-      select jsonb_agg(jsonb_build_object(
-          'provider', r.provider,
-          'model', r.model,
-          'state', case r.state when 'probe' then 'half_open' when 'closed' then 'closed' else 'open' end,
-          'probe', r.state = 'probe',
-          'key', r.key) order by r.ordinality)
-      into v_route_json
-      from unnest(v_route_providers, v_route_models, v_route_states, v_route_keys) with ordinality
-        as r (provider, model, state, key);
+      v_route_json := null;
+      for v_i in 1 .. coalesce(cardinality(v_route_providers), 0) loop
+        v_route_json := coalesce(v_route_json, '[]') || jsonb_build_object(
+          'provider', v_route_providers[v_i],
+          'model', v_route_models[v_i],
+          'state', case v_route_states[v_i] when 'probe' then 'half_open' when 'closed' then 'closed' else 'open' end,
+          'probe', v_route_states[v_i] = 'probe',
+          'key', v_route_keys[v_i]);
+      end loop;
     end if;
 
     if v_tier_name is not null then
       -- This request's own reservation, once made (a refusal may come before its estimate).
       v_shown_reserved_tokens := case when v_added > 0 then v_reserved_tokens else 0 end;
       v_shown_reserved_cost := case when v_added > 0 then v_estimate else 0 end;
-      -- Seed 001: tell users at 80% of a quota.
-      select v_warnings || coalesce(jsonb_agg(jsonb_build_object('kind', q.kind, 'percent', floor(q.used * 100 / q.quota),
-          'message', q.message)), '[]')
-      into v_all_warnings
-      from (values
-        ('daily_tokens', (v_used_today + v_reserved_today + v_shown_reserved_tokens)::numeric, v_daily_limit::numeric,
-          'You have used most of today''s token quota.'),
-        ('monthly_tokens', (v_used_month + v_reserved_month + v_shown_reserved_tokens)::numeric, v_monthly_limit::numeric,
-          'You have used most of this month''s token quota.'),
-        ('monthly_cost', v_spent_month + v_reserved_cost_month + v_shown_reserved_cost, v_cost_cap,
-          'You have used most of this month''s spending cap.')
-      ) as q (kind, used, quota, message)
-      where q.quota > 0 and q.used * 100 >= q.quota * 80;
+      v_all_warnings := v_warnings
+        || tollgate.quota_warning('daily_tokens', v_used_today + v_reserved_today + v_shown_reserved_tokens,
+          v_daily_limit, 'You have used most of today''s token quota.')
+        || tollgate.quota_warning('monthly_tokens', v_used_month + v_reserved_month + v_shown_reserved_tokens,
+          v_monthly_limit, 'You have used most of this month''s token quota.')
+        || tollgate.quota_warning('monthly_cost', v_spent_month + v_reserved_cost_month + v_shown_reserved_cost,
+          v_cost_cap, 'You have used most of this month''s spending cap.');
     else
       v_all_warnings := v_warnings;
     end if;
@@ -1095,6 +1112,27 @@ begin
         v_layer, case when v_allowed then 'downgraded' else v_code end);
     end if;
 
+    -- What remains of each window once this request is admitted (if it is), and when
+    -- the oldest request in it leaves it.
+    v_windows_json := null;
+    for v_i in 0 .. coalesce(jsonb_array_length(v_windows), 0) - 1 loop
+      v_window_block := v_windows -> v_i;
+      v_windows_json := coalesce(v_windows_json, '[]') || jsonb_build_object(
+        'name', v_window_block -> 'name',
+        'window_seconds', v_window_block -> 'window_seconds',
+        'limit', v_window_block -> 'limit',
+        'remaining', greatest((v_window_block ->> 'limit')::bigint - (v_window_block ->> 'count')::bigint - v_added, 0),
+        'reset_at', case
+          when (v_window_block ->> 'count')::bigint > 0
+            then (v_window_block ->> 'oldest')::timestamptz
+              + make_interval(secs => (v_window_block ->> 'window_seconds')::integer)
+          when v_added > 0 then v_now + make_interval(secs => (v_window_block ->> 'window_seconds')::integer)
+          else v_now
+        end);
+    end loop;
+
+    -- One expression, without a query in it: PL/pgSQL evaluates it without setting up
+    -- a statement's executor.
     v_answer := jsonb_build_object(
       'allowed', v_allowed,
       'request_id', coalesce(to_jsonb(v_req.request_id), request -> 'request_id'),
@@ -1105,21 +1143,7 @@ begin
       'message', v_message,
       'retry_after_seconds', v_retry_after,
       'tier', v_tier_name,
-      'windows', (
-        -- What remains once this request is admitted (if it is), and when the oldest
-        -- request in each window leaves it.
-        select jsonb_agg(jsonb_build_object(
-            'name', w.value -> 'name',
-            'window_seconds', w.value -> 'window_seconds',
-            'limit', w.value -> 'limit',
-            'remaining', greatest((w.value ->> 'limit')::bigint - (w.value ->> 'count')::bigint - v_added, 0),
-            'reset_at', case
-              when (w.value ->> 'count')::bigint > 0
-                then (w.value ->> 'oldest')::timestamptz + make_interval(secs => (w.value ->> 'window_seconds')::integer)
-              when v_added > 0 then v_now + make_interval(secs => (w.value ->> 'window_seconds')::integer)
-              else v_now
-            end) order by w.ordinality)
-        from jsonb_array_elements(v_windows) with ordinality as w),
+      'windows', v_windows_json,
       'tokens', case when v_tier_name is not null then jsonb_build_object(
         'daily', jsonb_build_object(
           'limit', v_daily_limit, 'used', v_used_today, 'reserved', v_reserved_today + v_shown_reserved_tokens,
@@ -1234,9 +1258,9 @@ begin
   answer := v_answer;
 end;
 $$;
-comment on function tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[]) is
-  'Internal to admit() and admit_many(): one admission, given the routes and budgets its batch has read so far (and returning them).';
-revoke all on function tollgate.admit_one(jsonb, tollgate.route_read[], tollgate.budget_read[])
+comment on function tollgate.admit_one(jsonb, boolean, tollgate.route_read[], tollgate.budget_read[]) is
+  'Internal to admit() and admit_many(): one admission, given whether its batch holds the user''s lock already and the routes and budgets it has read so far (and returning them).';
+revoke all on function tollgate.admit_one(jsonb, boolean, tollgate.route_read[], tollgate.budget_read[])
   from public, anon, authenticated;
 
 create function tollgate.admit(request jsonb)
@@ -1247,7 +1271,7 @@ security definer
 set search_path = ''
 as $$
 begin
-  return (tollgate.admit_one(request, '{}', '{}')).answer;
+  return (tollgate.admit_one(request, false, '{}', '{}')).answer;
 end;
 $$;
 comment on function tollgate.admit(jsonb) is

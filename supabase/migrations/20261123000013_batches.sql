@@ -33,7 +33,7 @@
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
--- first, in user id order (admit_one() then finds each already held), and
+-- first, in user id order (admit_one() is told they are held), and
 -- settle_many() writes the rollups of all its calls last, in one statement per
 -- rollup, in key order. Deciding in user id order, admit_many() writes its users'
 -- user_usage_daily rows (their reservations) in that key order too: an admission
@@ -61,7 +61,6 @@ set search_path = ''
 as $$
 declare
   v_users uuid[];
-  v_user uuid;
   v_order integer[];
   v_routes tollgate.route_read[] := '{}';
   v_budgets tollgate.budget_read[] := '{}';
@@ -95,15 +94,13 @@ begin
   -- A request whose user_id is not a UUID is refused by admit() without a lock. A dry
   -- run's user is locked too, though admit() would not lock it: it only waits for that
   -- user's admissions in flight.
-  foreach v_user in array coalesce(v_users, '{}') loop
-    perform tollgate.lock_user(v_user);
-  end loop;
+  perform tollgate.lock_users(coalesce(v_users, '{}'));
 
   -- Then each request, given the routes and budgets the ones before it read (see
   -- admit_one()); its answer goes where its request was.
   v_answers := array_fill(null::jsonb, array[jsonb_array_length(requests)]);
   foreach v_position in array v_order loop
-    v_admission := tollgate.admit_one(requests -> (v_position - 1), v_routes, v_budgets);
+    v_admission := tollgate.admit_one(requests -> (v_position - 1), true, v_routes, v_budgets);
     v_routes := v_admission.routes;
     v_budgets := v_admission.budgets;
     v_answers[v_position] := v_admission.answer;

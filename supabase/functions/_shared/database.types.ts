@@ -1496,6 +1496,7 @@ export type Database = {
           "budgets": (Database["tollgate"]["CompositeTypes"]["budget_read"])[];
           "request": Json;
           "routes": (Database["tollgate"]["CompositeTypes"]["route_read"])[];
+          "user_locked": boolean;
         };
         Returns: Record<string, unknown>;
       };
@@ -1557,7 +1558,7 @@ export type Database = {
       };
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
       "lock_budget": { Args: { "budget_id": number }; Returns: undefined };
-      "lock_user": { Args: { "user_id": string }; Returns: undefined };
+      "lock_users": { Args: { "user_ids": (string)[] }; Returns: undefined };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "provider_room": {
@@ -1565,6 +1566,7 @@ export type Database = {
         Returns: Record<string, unknown>;
       };
       "prune_api_usage": { Args: { "max_rows"?: number }; Returns: Json };
+      "quota_warning": { Args: { "kind": string; "message": string; "quota": number; "used": number }; Returns: Json };
       "record_alert_delivery": { Args: { "alert_id": number; "error_message"?: string }; Returns: boolean };
       "record_attempts": { Args: { "at": string; "attempts": Json }; Returns: undefined };
       "record_calls": { Args: { "calls": Json }; Returns: Record<string, unknown> };
