@@ -182,6 +182,15 @@ async function resetPairTables(admin: Sql): Promise<void> {
   await admin`vacuum tollgate.provider_keys`;
 }
 
+/**
+ * A live database's autovacuum analyzes a table as it grows, and each new set of statistics has every session plan its
+ * statements again; the rows run with autovacuum off. Once a warm-up has filled the emptied tables, this stands in for
+ * it, so that the measured calls run on plans made for tables of that size rather than for empty ones.
+ */
+async function analyzePairTables(sql: Sql): Promise<void> {
+  await sql.unsafe(`analyze ${pairTables.join(", ")}`);
+}
+
 /** Puts the `openai` provider's keys in the variant's state, afresh (no minute counters carried over). */
 async function setVariant(sql: Sql, variant: Variant): Promise<void> {
   await sql`delete from tollgate.provider_keys where provider = 'openai'`;
@@ -335,6 +344,7 @@ async function denoThroughput(
   try {
     const [{ since }] = await sql`select now() as since`;
     await run(performance.now() + 2000, false); // warm-up: connections, plans, caches
+    await analyzePairTables(sql);
     const started = performance.now();
     await run(started + seconds * 1000, true);
     const elapsed = (performance.now() - started) / 1000;
@@ -449,6 +459,8 @@ async function pgbench(
         stderr: "piped",
       }).output();
     await run(2);
+    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    await analyzePairTables(sql).finally(() => sql.end());
     const output = await run(seconds);
     const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
     const tps = Number(text.match(/tps = ([\d.]+)/)?.[1] ?? NaN);
@@ -739,6 +751,7 @@ async function profilePairs(adminUrl: string, ids: string[]): Promise<PairProfil
     await sql`load 'plpgsql_check'`;
     await sql`set plpgsql_check.profiler = on`;
     for (let i = 0; i < 300; i++) await pair(); // plans cached, as in a long-lived connection
+    await analyzePairTables(sql);
     await sql`select extensions.plpgsql_profiler_reset_all()`;
     const started = performance.now();
     for (let i = 0; i < profiledPairs; i++) await pair();
