@@ -653,7 +653,7 @@ as $$
 declare
   v_now timestamptz := clock_timestamp();
   v_problem text;
-  v_request_ids uuid[] := '{}';
+  v_request_ids uuid[] := '{}'::uuid[];
   v_waiting_rows tid[];
   -- Positions (1-based) in calls.
   v_waiting bigint[];

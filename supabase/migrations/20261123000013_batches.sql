@@ -62,8 +62,8 @@ as $$
 declare
   v_users uuid[];
   v_order integer[];
-  v_routes tollgate.route_read[] := '{}';
-  v_budgets tollgate.budget_read[] := '{}';
+  v_routes tollgate.route_read[] := '{}'::tollgate.route_read[];
+  v_budgets tollgate.budget_read[] := '{}'::tollgate.budget_read[];
   v_admission record;
   v_position integer;
   v_answers jsonb[];
