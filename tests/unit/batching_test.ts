@@ -2,7 +2,9 @@ import assert from "node:assert/strict";
 import { groupCommit, MAX_BATCH_SIZE } from "../../supabase/functions/_shared/batching.ts";
 
 /** A database stand-in whose calls finish when the test says so, recording what was sent. */
-function fakeDatabase(options: { failBatches?: boolean; failOne?: (item: number) => boolean } = {}) {
+function fakeDatabase(
+  options: { failBatches?: boolean; failOne?: (item: number) => boolean; collectMs?: number } = {},
+) {
   const sent: { kind: "batch" | "one"; items: number[] }[] = [];
   const pending: (() => void)[] = [];
   const later = <T>(answer: () => T) =>
@@ -31,6 +33,7 @@ function fakeDatabase(options: { failBatches?: boolean; failOne?: (item: number)
       });
     },
     maxInFlight: 1,
+    collectMs: options.collectMs ?? 0,
   });
   /** Lets every call sent so far finish, and the batches they release be sent. */
   const finishAll = async () => {
@@ -80,4 +83,31 @@ Deno.test("group commit: a failed batch is sent again element by element; one ba
     { kind: "one", items: [4] },
   ]);
   assert.deepEqual(await Promise.all(answers), ["answer 1", "answer 2", "refused 3", "answer 4"]);
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+Deno.test("group commit: with collectMs, a call that finds the database idle waits for others to join it", async () => {
+  const db = fakeDatabase({ collectMs: 30 });
+  const answers = [db.call(1), db.call(2)];
+  await sleep(5);
+  answers.push(db.call(3));
+  assert.deepEqual(db.sent, [], "nothing goes before the oldest call has waited collectMs");
+  await sleep(40);
+  assert.deepEqual(db.sent, [{ kind: "batch", items: [1, 2, 3] }]);
+  await db.finishAll();
+  assert.deepEqual(await Promise.all(answers), ["answer 1", "answer 2", "answer 3"]);
+});
+
+Deno.test("group commit: with collectMs, a full batch goes without waiting", async () => {
+  const db = fakeDatabase({ collectMs: 60_000 });
+  const answers = Array.from({ length: MAX_BATCH_SIZE + 1 }, (_, i) => db.call(i));
+  assert.deepEqual(db.sent.map((s) => s.items.length), [MAX_BATCH_SIZE]);
+  await db.finishAll();
+  assert.equal(db.sent.length, 1, "the one left over waits for company");
+  // The rest of the wait is not this test's business: fill the next batch so it goes too.
+  answers.push(...Array.from({ length: MAX_BATCH_SIZE - 1 }, (_, i) => db.call(100 + i)));
+  await db.finishAll();
+  assert.deepEqual(db.sent.map((s) => s.items.length), [MAX_BATCH_SIZE, MAX_BATCH_SIZE]);
+  assert.equal((await Promise.all(answers)).length, 2 * MAX_BATCH_SIZE);
 });

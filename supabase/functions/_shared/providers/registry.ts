@@ -20,11 +20,24 @@ export interface ProviderEndpoint {
   keyLabel: string;
 }
 
+// An isolate's environment does not change, and reading the keys out of it (a walk over
+// every variable, a SHA-256 per key) would otherwise be paid by every call.
+const endpointsByEnv = new WeakMap<Record<string, string | undefined>, Map<string, readonly ProviderEndpoint[]>>();
+
 /** The provider's endpoint once per configured key, in the keys' order; empty when unusable. */
-export function providerEndpoints(name: string, env: Record<string, string | undefined>): ProviderEndpoint[] {
-  const base = baseUrl(name, env);
-  if (!base) return [];
-  return providerKeys(name, env).map((key) => endpointWith(name, base, key));
+export function providerEndpoints(
+  name: string,
+  env: Record<string, string | undefined>,
+): readonly ProviderEndpoint[] {
+  let known = endpointsByEnv.get(env);
+  if (!known) endpointsByEnv.set(env, known = new Map());
+  let endpoints = known.get(name);
+  if (!endpoints) {
+    const base = baseUrl(name, env);
+    endpoints = base ? providerKeys(name, env).map((key) => endpointWith(name, base, key)) : [];
+    known.set(name, endpoints);
+  }
+  return endpoints;
 }
 
 const defaultBaseUrls = new Map([["openai", openai.defaultBaseUrl], ["anthropic", anthropic.defaultBaseUrl]]);
