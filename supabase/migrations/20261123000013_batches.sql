@@ -6,7 +6,8 @@
 -- (admit() touches about 30 relations), the executor state PL/pgSQL sets up again in
 -- every transaction, the commit and the round trip. The ai function therefore sends
 -- the calls that arrive while an earlier one is in flight together, as one call to
--- these functions (group commit: a lone call goes at once, alone).
+-- these functions (group commit: an admission that finds none in flight goes at
+-- once, alone; a settlement waits a few milliseconds for others to join it).
 --
 -- A batch is one transaction and it is all or nothing: should any element raise (an
 -- input the database refuses, a deadlock, a lost connection), nothing of the batch
