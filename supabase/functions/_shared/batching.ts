@@ -4,8 +4,8 @@
  * calls that arrive while earlier ones are in flight wait and then go together, as one batch.
  * A call that arrives while fewer than `maxInFlight` batches are out goes at once: an idle
  * gateway adds no delay, a busy one pays per batch. Calls no one waits for (settlement, after
- * the response) may instead wait `collectMs` for others to join them: at low and middling load
- * most of them would otherwise go alone, each paying a whole transaction.
+ * the response) may instead wait `collectMs` for others to join them: at low load most of them,
+ * and at middling load many, would otherwise go alone, each paying a whole transaction.
  *
  * A batch is all or nothing. When it fails, each of its elements is sent again alone
  * (`runOne`), so every caller gets its own answer or its own error, and one bad element never
