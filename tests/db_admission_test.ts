@@ -307,3 +307,37 @@ dbTest("db: admissions through the function's group commit keep a budget's hard 
     await sql.end();
   }
 });
+
+dbTest("db: batches granted at once on a roomy provider never start more calls than its max_in_flight", async () => {
+  const sql = connect(16);
+  try {
+    const providerName = uniqueName("ceil");
+    const model = uniqueName("ceil-model");
+    await sql`insert into tollgate.routes (model) values (${model})`;
+    await sql`insert into tollgate.route_targets (route_model, position, provider, model)
+      values (${model}, 1, ${providerName}, ${model})`;
+    // Room for more calls than there are database connections, yet less than 32 per connection: the provider is not
+    // roomy, so every grant takes its lock exclusive and sees the others; 16 batches of 32 ask for far more than there is.
+    const [{ connections }] = await sql`select current_setting('max_connections')::int as connections`;
+    const ceiling = connections + 40;
+    await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
+      values (${providerName}, 'primary', 'sha256:0123456789abcdef', ${ceiling})`;
+    const users = await createUsers(16 * 32, { tier: await createTier(sql) });
+
+    const answers = (await Promise.all(
+      Array.from({ length: 16 }, async (_, batch) => {
+        const requests = users.slice(batch * 32, batch * 32 + 32).map((user) => request(user, { model }));
+        const [row] = await sql`select tollgate.admit_many(${sql.json(requests as never)}) as a`;
+        return row.a as Admission[];
+      }),
+    )).flat();
+
+    const [{ inFlight }] = await sql`
+      select count(*)::int as "inFlight" from public.api_usage
+      where provider = ${providerName} and status = 'reserved' and holds_upstream_slot`;
+    assert.ok(inFlight <= ceiling, `${inFlight} calls in flight on a key that takes ${ceiling}`);
+    assert.equal(count(answers, (a) => a.allowed), inFlight, "every admitted call holds a slot");
+  } finally {
+    await sql.end();
+  }
+});

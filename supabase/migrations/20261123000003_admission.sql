@@ -732,8 +732,11 @@ begin
     -- overrides of the route's models (a dated snapshot such as gpt-4o-2024-08-06
     -- matches its undated row); the primary step's replaces the function's estimate.
     -- A batch reads each model's route once: `routes` holds those its earlier
-    -- requests read, and is emptied whenever one of them changes provider state (a
-    -- probe, the upstream step), so a route used here is never older than the batch.
+    -- requests read, and is emptied whenever one of them takes a half-open probe, so
+    -- a route used here is never older than the batch. (The upstream step changes
+    -- nothing a route reads but the provider's queue: a ticket it adds is for a
+    -- provider shown guarded already, and one it removes at most leaves the provider
+    -- shown guarded, so that the next request takes the step again and finds room.)
     v_route := null;
     for v_i in 1 .. coalesce(cardinality(routes), 0) loop
       if (routes[v_i]).model = v_effective_model then
@@ -975,7 +978,6 @@ begin
       if not v_cached and not v_dry_run and v_route_guarded[v_primary] then
         v_upstream := tollgate.upstream_admission(v_req.request_id, v_req.user_id, v_route_providers[v_primary],
           v_feature_priority, v_reserved_tokens, v_now);
-        routes := '{}'; -- it may have changed the provider's queue and keys
         if v_upstream ->> 'decision' = 'go' then
           v_route_keys[v_primary] := v_upstream ->> 'key';
           v_holds_slot := (v_upstream ->> 'holds_slot')::boolean;

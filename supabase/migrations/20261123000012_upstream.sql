@@ -362,8 +362,9 @@ revoke all on function tollgate.key_usable(tollgate.provider_keys, timestamptz) 
 -- ----------------------------------------------------------------------------
 -- free: calls its usable keys can start in all; best_key: the key with the most room
 -- (first by position on a tie), and whether a call on it holds an in-flight slot;
--- roomy: that key is farther from its limits than there are database connections and
--- counts no per-minute ceiling (see upstream_admission).
+-- roomy: that key is farther from its limits than every database connection could grant
+-- at once in one transaction (32 each, as many as an admission batch holds) and counts
+-- no per-minute ceiling (see upstream_admission).
 create function tollgate.provider_room(
   provider text,
   estimated_tokens integer,
@@ -391,7 +392,7 @@ begin
     select h.* from headroom as h where h.room > 0 order by h.room desc, h.position limit 1
   )
   select coalesce((select sum(h.room) from headroom as h), 0), b.label, b.slot,
-    coalesce(not b.counted and b.room >= current_setting('max_connections')::integer, false)
+    coalesce(not b.counted and b.room >= current_setting('max_connections')::integer * 32, false)
   into free, best_key, best_holds_slot, roomy
   from (select) as one
   left join best as b on true;
@@ -432,6 +433,7 @@ declare
   v_ahead integer;
   v_depth integer;
   v_lock bigint;
+  v_shared boolean;
   v_room record;
   v_free bigint;
   v_key text;
@@ -458,21 +460,28 @@ begin
     and q.last_seen_at > at - make_interval(secs => v_settings.queue_ticket_ttl_seconds);
 
   -- Far from every limit, grants need not wait for each other. With nobody waiting and
-  -- a key farther from its limits than there are database connections (each of which
-  -- could be granting at this instant without seeing the others), no interleaving of
-  -- such grants can pass a ceiling: they hold the provider's lock in SHARE mode, read
-  -- again under it, and write nothing — the queue's cost without contention. Every
-  -- other grant takes the lock EXCLUSIVE, so it runs alone and sees every grant
-  -- committed before it (READ COMMITTED). Per-minute ceilings count each grant, so they
-  -- always go the exclusive way. A shared holder never asks for the exclusive lock (two
-  -- such upgrades would deadlock): should its second read find less room, it waits in
-  -- the queue for one poll instead.
+  -- a key farther from its limits than every database connection could grant without
+  -- seeing the others (32 each, an admission batch's most: see provider_room), no
+  -- interleaving of such grants can pass a ceiling: they hold the provider's lock in
+  -- SHARE mode, read again under it, and write nothing — the queue's cost without
+  -- contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and sees
+  -- every grant committed before it (READ COMMITTED). Per-minute ceilings count each
+  -- grant, so they always go the exclusive way. A shared holder never asks for the
+  -- exclusive lock (two such upgrades would deadlock): should its second read find less
+  -- room, or should a later request of its batch find the provider short of room, it
+  -- waits in the queue for one poll instead. The providers whose lock the transaction
+  -- holds in share mode are noted in a setting local to it.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
   v_room := tollgate.provider_room(provider, estimated_tokens, at);
-  if v_depth = 0 and v_room.roomy then
-    perform pg_advisory_xact_lock_shared(v_lock);
+  v_shared := coalesce(current_setting('tollgate.upstream_shared', true), '') like '%,' || provider || ',%';
+  if (v_depth = 0 and v_room.roomy) or v_shared then
+    if not v_shared then
+      perform pg_advisory_xact_lock_shared(v_lock);
+      perform set_config('tollgate.upstream_shared',
+        coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',') || provider || ',', true);
+    end if;
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
-    if v_room.roomy then
+    if v_depth = 0 and v_room.roomy then
       if v_ticket.request_id is not null then
         delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
       end if;

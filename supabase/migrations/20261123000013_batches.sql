@@ -25,8 +25,7 @@
 --
 -- Two reads are shared. A model's route (its steps' breakers and keys, its prices) is
 -- read by the first element routed to that model and used by the later ones, until
--- an element changes provider state (takes a half-open probe, goes through the
--- upstream step) and the next one reads it again. A feature's budgets are read by its
+-- an element takes a half-open probe and the next one reads it again. A feature's budgets are read by its
 -- first element, and each reservation an element makes is added to them, as a new
 -- read would see it. So neither is older than the batch, as a lone admission's reads
 -- are never older than itself; what other transactions change meanwhile shows in the

@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(149);
+select plan(152);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -367,11 +367,16 @@ select results_eq(
   $$values (pg_temp.at(360), 1, 2)$$,
   'the grant moved the window on: 1 this minute, 2 the previous one');
 
--- Far from every limit (more room than there are database connections), grants share
--- the provider's lock and write nothing; a per-minute ceiling always counts.
+-- Far from every limit (more room than every database connection could grant in one
+-- batch of 32), grants share the provider's lock and write nothing; a per-minute
+-- ceiling always counts.
 select is(tollgate.register_provider_keys(
   '[{"provider": "pgtap-up-roomy", "label": "primary", "fingerprint": "sha256:00000000000000d2", "position": 1}]'), 1,
   'a provider with a generous in-flight ceiling');
+update tollgate.provider_keys set max_in_flight = current_setting('max_connections')::integer * 32 - 1
+where provider = 'pgtap-up-roomy';
+select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(400)) as r), false,
+  'one call short of 32 per database connection, it is not roomy');
 update tollgate.provider_keys set max_in_flight = 100000 where provider = 'pgtap-up-roomy';
 select is((select array[r.roomy::text, r.best_key, r.best_holds_slot::text]
     from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(400)) as r),
@@ -386,6 +391,12 @@ select results_eq(
 update tollgate.provider_keys set requests_per_minute = 100000000 where provider = 'pgtap-up-roomy';
 select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(401)) as r), false,
   'with a per-minute ceiling it is not roomy: grants are counted');
+-- This transaction holds the provider's lock in share mode (the grant above): it never
+-- asks for it exclusive, which would deadlock with another holder doing the same.
+select is(pg_temp.up(53, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued',
+  'a transaction that holds the provider''s lock in share mode waits one poll rather than ask for it exclusive');
+select ok(tollgate.leave_queue(pg_temp.rid(53)), '... and leaves the queue');
+select set_config('tollgate.upstream_shared', '', true); -- as in a new transaction
 select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
 select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 1,
   'and counted in the minute');
