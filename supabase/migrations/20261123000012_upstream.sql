@@ -473,7 +473,7 @@ begin
   -- holds in share mode are noted in a setting local to it.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
   v_room := tollgate.provider_room(provider, estimated_tokens, at);
-  v_shared := coalesce(current_setting('tollgate.upstream_shared', true), '') like '%,' || provider || ',%';
+  v_shared := position(',' || provider || ',' in coalesce(current_setting('tollgate.upstream_shared', true), '')) > 0;
   if (v_depth = 0 and v_room.roomy) or v_shared then
     if not v_shared then
       perform pg_advisory_xact_lock_shared(v_lock);

@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(152);
+select plan(154);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -400,6 +400,14 @@ select set_config('tollgate.upstream_shared', '', true); -- as in a new transact
 select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
 select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 1,
   'and counted in the minute');
+select is(tollgate.register_provider_keys(
+  '[{"provider": "pgtap_up_under", "label": "primary", "fingerprint": "sha256:00000000000000d3", "position": 1}]'), 1,
+  'a provider whose name holds a LIKE wildcard, with a per-minute ceiling');
+update tollgate.provider_keys set requests_per_minute = 100 where provider = 'pgtap_up_under';
+select set_config('tollgate.upstream_shared', ',pgtap-up-under,', true);
+select is(pg_temp.up(54, 'normal', 402, 'pgtap_up_under') ->> 'decision', 'go',
+  'holding another provider''s lock in share mode, whose name it would match as a pattern, does not count as holding its');
+select set_config('tollgate.upstream_shared', '', true);
 
 -- ----------------------------------------------------------------------------
 -- tollgate.admit end to end: a provider with one key under max_in_flight = 1
