@@ -25,9 +25,9 @@
 --
 -- Two reads are shared. A model's route (its steps' breakers and keys, its prices) is
 -- read by the first element routed to that model and used by the later ones, until
--- an element takes a half-open probe and the next one reads it again. A feature's budgets are read by its
--- first element, and each reservation an element makes is added to them, as a new
--- read would see it. So neither is older than the batch, as a lone admission's reads
+-- an element takes a half-open probe and the next one reads it again. A feature's
+-- budgets are read by its first element, and each reservation an element makes is
+-- added to them, as a new read would see it. So neither is older than the batch, as a lone admission's reads
 -- are never older than itself; what other transactions change meanwhile shows in the
 -- next batch (a budget's hard cap is checked again, atomically, by every reservation).
 --

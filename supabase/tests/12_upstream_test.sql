@@ -406,7 +406,7 @@ select is(tollgate.register_provider_keys(
 update tollgate.provider_keys set requests_per_minute = 100 where provider = 'pgtap_up_under';
 select set_config('tollgate.upstream_shared', ',pgtap-up-under,', true);
 select is(pg_temp.up(54, 'normal', 402, 'pgtap_up_under') ->> 'decision', 'go',
-  'holding another provider''s lock in share mode, whose name it would match as a pattern, does not count as holding its');
+  'a provider whose name, read as a LIKE pattern, matches one held in share mode is not taken for it');
 select set_config('tollgate.upstream_shared', '', true);
 
 -- ----------------------------------------------------------------------------
