@@ -470,16 +470,20 @@ begin
   -- exclusive lock (two such upgrades would deadlock): should its second read find less
   -- room, or should a later request of its batch find the provider short of room, it
   -- waits in the queue for one poll instead. The providers whose lock the transaction
-  -- holds in share mode are noted in a setting local to it.
+  -- holds in share mode are noted in a setting local to it; reading the room costs a
+  -- count of the key's calls in flight, so a holder reads it once, under the lock.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
-  v_room := tollgate.provider_room(provider, estimated_tokens, at);
   v_shared := position(',' || provider || ',' in coalesce(current_setting('tollgate.upstream_shared', true), '')) > 0;
-  if (v_depth = 0 and v_room.roomy) or v_shared then
-    if not v_shared then
+  if not v_shared and v_depth = 0 then
+    v_room := tollgate.provider_room(provider, estimated_tokens, at);
+    if v_room.roomy then
       perform pg_advisory_xact_lock_shared(v_lock);
       perform set_config('tollgate.upstream_shared',
         coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',') || provider || ',', true);
+      v_shared := true;
     end if;
+  end if;
+  if v_shared then
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
     if v_depth = 0 and v_room.roomy then
       if v_ticket.request_id is not null then
