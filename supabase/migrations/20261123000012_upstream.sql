@@ -433,6 +433,7 @@ declare
   v_ahead integer;
   v_depth integer;
   v_lock bigint;
+  v_held text; -- ',a,b,': the providers whose lock this transaction holds in share mode
   v_shared boolean;
   v_room record;
   v_free bigint;
@@ -473,13 +474,13 @@ begin
   -- holds in share mode are noted in a setting local to it; reading the room costs a
   -- count of the key's calls in flight, so a holder reads it once, under the lock.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
-  v_shared := position(',' || provider || ',' in coalesce(current_setting('tollgate.upstream_shared', true), '')) > 0;
+  v_held := coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',');
+  v_shared := position(',' || provider || ',' in v_held) > 0;
   if not v_shared and v_depth = 0 then
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
     if v_room.roomy then
       perform pg_advisory_xact_lock_shared(v_lock);
-      perform set_config('tollgate.upstream_shared',
-        coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',') || provider || ',', true);
+      perform set_config('tollgate.upstream_shared', v_held || provider || ',', true);
       v_shared := true;
     end if;
   end if;

@@ -27,9 +27,10 @@
 -- read by the first element routed to that model and used by the later ones, until
 -- an element takes a half-open probe and the next one reads it again. A feature's
 -- budgets are read by its first element, and each reservation an element makes is
--- added to them, as a new read would see it. So neither is older than the batch, as a lone admission's reads
--- are never older than itself; what other transactions change meanwhile shows in the
--- next batch (a budget's hard cap is checked again, atomically, by every reservation).
+-- added to them, as a new read would see it. So neither is older than the batch, as
+-- a lone admission's reads are never older than itself; what other transactions
+-- change meanwhile shows in the next batch (a budget's hard cap is checked again,
+-- atomically, by every reservation).
 --
 -- Locks are held to the end of the batch, not of each element. So that batches do
 -- not deadlock on users, admit_many() takes the user locks of all its elements
@@ -44,7 +45,9 @@
 -- alone.
 --
 -- A batch holds at most 32 elements: it holds its users' locks until it commits, and
--- the function's batches (supabase/functions/_shared/batching.ts) are no larger.
+-- the function's batches (supabase/functions/_shared/batching.ts) are no larger. The
+-- upstream step counts on that bound too (tollgate.provider_room: grants a transaction
+-- makes unseen by the others): raising it means raising that margin with it.
 -- ============================================================================
 
 -- ----------------------------------------------------------------------------
