@@ -4,6 +4,7 @@
  * each other.
  */
 import assert from "node:assert/strict";
+import { MAX_BATCH_SIZE } from "../supabase/functions/_shared/batching.ts";
 import { connectLedger } from "../supabase/functions/_shared/db.ts";
 import {
   type Admission,
@@ -231,6 +232,33 @@ dbTest(
   },
 );
 
+dbTest("db: admit_many and settle_many take the function's largest batch, and refuse one more", async () => {
+  const sql = connect(1);
+  try {
+    const [{ bound }] = await sql`select tollgate.max_batch_size() as bound`;
+    assert.equal(bound, MAX_BATCH_SIZE, "the database's bound is the function's");
+    const users = await createUsers(MAX_BATCH_SIZE + 1, { tier: await createTier(sql) });
+    const requests = users.map((user) => request(user));
+    const tooMany = (name: string) => new RegExp(`${name}: \\w+ must be an array of 1 to ${MAX_BATCH_SIZE} `);
+    await assert.rejects(sql`select tollgate.admit_many(${sql.json(requests as never)})`, tooMany("admit_many"));
+
+    const [row] = await sql`select tollgate.admit_many(${sql.json(requests.slice(1) as never)}) as a`;
+    const answers = row.a as Admission[];
+    assert.ok(answers.every((a) => a.allowed));
+    const calls = answers.map((a, i) => call(a, requests[i + 1].user_id));
+    await assert.rejects(
+      sql`select tollgate.settle_many(${sql.json([...calls, calls[0]] as never)})`,
+      tooMany("settle_many"),
+    );
+    await sql`select tollgate.settle_many(${sql.json(calls as never)})`;
+    const [{ settled }] = await sql`
+      select count(*)::int as settled from public.ai_api_calls where user_id in ${sql(users)}`;
+    assert.equal(settled, MAX_BATCH_SIZE);
+  } finally {
+    await sql.end();
+  }
+});
+
 dbTest("db: batches from 16 connections hold each user's limit exactly, without deadlocks", async () => {
   const sql = connect(16);
   try {
@@ -316,17 +344,18 @@ dbTest("db: batches granted at once on a roomy provider never start more calls t
     await sql`insert into tollgate.routes (model) values (${model})`;
     await sql`insert into tollgate.route_targets (route_model, position, provider, model)
       values (${model}, 1, ${providerName}, ${model})`;
-    // Room for more calls than there are database connections, yet less than 32 per connection: the provider is not
-    // roomy, so every grant takes its lock exclusive and sees the others; 16 batches of 32 ask for far more than there is.
+    // Room for more calls than there are database connections, yet less than a full batch per connection: the provider
+    // is not roomy, so every grant takes its lock exclusive and sees the others; 16 full batches ask for far more.
     const [{ connections }] = await sql`select current_setting('max_connections')::int as connections`;
     const ceiling = connections + 40;
     await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
       values (${providerName}, 'primary', 'sha256:0123456789abcdef', ${ceiling})`;
-    const users = await createUsers(16 * 32, { tier: await createTier(sql) });
+    const users = await createUsers(16 * MAX_BATCH_SIZE, { tier: await createTier(sql) });
 
     const answers = (await Promise.all(
       Array.from({ length: 16 }, async (_, batch) => {
-        const requests = users.slice(batch * 32, batch * 32 + 32).map((user) => request(user, { model }));
+        const requests = users.slice(batch * MAX_BATCH_SIZE, (batch + 1) * MAX_BATCH_SIZE)
+          .map((user) => request(user, { model }));
         const [row] = await sql`select tollgate.admit_many(${sql.json(requests as never)}) as a`;
         return row.a as Admission[];
       }),

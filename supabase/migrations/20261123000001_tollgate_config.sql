@@ -64,6 +64,24 @@ comment on function tollgate.next_month_start(timestamptz) is
 
 revoke all on function tollgate.next_month_start(timestamptz) from public, anon, authenticated;
 
+-- The most elements one admission or settlement batch holds (admit_many and
+-- settle_many, in the batches migration). The function's batches are no larger
+-- (MAX_BATCH_SIZE in supabase/functions/_shared/batching.ts; the tests hold the two
+-- equal), and the upstream step's margin counts on this bound (provider_room).
+create function tollgate.max_batch_size()
+returns integer
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select 32
+$$;
+comment on function tollgate.max_batch_size() is
+  'Internal: the most elements an admission or settlement batch holds (admit_many, settle_many).';
+
+revoke all on function tollgate.max_batch_size() from public, anon, authenticated;
+
 -- Keeps `updated_at` current on configuration tables edited by hand in Studio.
 create function tollgate.touch_updated_at()
 returns trigger

@@ -44,8 +44,8 @@
 -- Postgres detects such a deadlock and aborts one side, whose elements are then sent
 -- alone.
 --
--- A batch holds at most 32 elements: it holds its users' locks until it commits, and
--- the function's batches (supabase/functions/_shared/batching.ts) are no larger. The
+-- A batch holds at most tollgate.max_batch_size() elements (32): it holds its users'
+-- locks until it commits, and the function's batches (batching.ts) are no larger. The
 -- upstream step counts on that bound too (tollgate.provider_room: grants a transaction
 -- makes unseen by the others): raising it means raising that margin with it.
 -- ============================================================================
@@ -53,7 +53,7 @@
 -- ----------------------------------------------------------------------------
 -- tollgate.admit_many(requests jsonb) returns jsonb
 -- ----------------------------------------------------------------------------
--- requests: a JSON array of 1..32 admit() requests. Returns the JSON
+-- requests: a JSON array of 1..max_batch_size() admit() requests. Returns the JSON
 -- array of their answers, in the same order (the contract of each is admit()'s).
 create function tollgate.admit_many(requests jsonb)
 returns jsonb
@@ -71,8 +71,11 @@ declare
   v_position integer;
   v_answers jsonb[];
 begin
-  if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0) not between 1 and 32 then
-    raise exception 'tollgate.admit_many: requests must be an array of 1 to 32 admit() requests'
+  if coalesce(jsonb_array_length(case when jsonb_typeof(requests) = 'array' then requests end), 0)
+    not between 1 and tollgate.max_batch_size()
+  then
+    raise exception 'tollgate.admit_many: requests must be an array of 1 to % admit() requests',
+      tollgate.max_batch_size()
       using errcode = '22023';
   end if;
 
@@ -119,7 +122,7 @@ grant execute on function tollgate.admit_many(jsonb) to service_role;
 -- ----------------------------------------------------------------------------
 -- tollgate.settle_many(calls jsonb) returns void
 -- ----------------------------------------------------------------------------
--- calls: a JSON array of 1..32 settle() calls. They are recorded together, as settle()
+-- calls: a JSON array of 1..max_batch_size() settle() calls. They are recorded together, as settle()
 -- records one (tollgate.record_calls); then the rollups of all of them at once.
 create function tollgate.settle_many(calls jsonb)
 returns void
@@ -131,8 +134,10 @@ as $$
 declare
   v_deltas tollgate.usage_delta[];
 begin
-  if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0) not between 1 and 32 then
-    raise exception 'tollgate.settle_many: calls must be an array of 1 to 32 settle() calls'
+  if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0)
+    not between 1 and tollgate.max_batch_size()
+  then
+    raise exception 'tollgate.settle_many: calls must be an array of 1 to % settle() calls', tollgate.max_batch_size()
       using errcode = '22023';
   end if;
   v_deltas := (tollgate.record_calls(calls)).deltas;

@@ -12,7 +12,10 @@
  * fails the others.
  */
 
-/** The database functions take at most this many elements per call (admit_many, settle_many). */
+/**
+ * The database functions take at most this many elements per call (admit_many, settle_many):
+ * `tollgate.max_batch_size()`, which the tests hold equal to this.
+ */
 export const MAX_BATCH_SIZE = 32;
 
 export interface GroupCommit<In, Out> {

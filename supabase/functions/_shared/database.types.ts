@@ -1559,6 +1559,7 @@ export type Database = {
       "leave_queue": { Args: { "request_id": string }; Returns: boolean };
       "lock_budget": { Args: { "budget_id": number }; Returns: undefined };
       "lock_users": { Args: { "user_ids": (string)[] }; Returns: undefined };
+      "max_batch_size": { Args: Record<PropertyKey, never>; Returns: number };
       "models_for": { Args: { "feature": string }; Returns: (string)[] };
       "next_month_start": { Args: { "at": string }; Returns: string };
       "provider_room": {
