@@ -4,7 +4,7 @@
 -- (Batches under real concurrent connections: tests/db_admission_test.ts.)
 -- ============================================================================
 begin;
-select plan(35);
+select plan(38);
 
 create function pg_temp.new_user(email text, tier text)
 returns uuid
@@ -90,6 +90,33 @@ select is(
   (select a.answer -> 'windows' -> 0 ->> 'remaining' from answers as a where a.position = 3),
   '0',
   'the second request of the user sees the first one''s reservation');
+
+-- Each user's reserved counters add up the user's reservations in the batch, as lone
+-- admissions would leave them.
+select is(
+  (select array[d.reserved_tokens, d.reserved_cost_usd] from public.user_usage_daily as d
+   where d.user_id = (select id from ids where name = 'two')),
+  (select array[sum(u.tokens_used), sum(u.reserved_cost)] from public.api_usage as u
+   where u.user_id = (select id from ids where name = 'two')),
+  'the user''s reserved counters hold the batch''s reservations of that user');
+
+-- The same request twice in one batch: the second is a duplicate, as it would be in
+-- the next batch.
+truncate answers;
+insert into answers
+select a.ordinality, a.value
+from (select pg_temp.request((select id from ids where name = 'b')) as r) as one
+cross join lateral jsonb_array_elements(tollgate.admit_many(jsonb_build_array(one.r, one.r))) with ordinality as a;
+select is(
+  (select array_agg((a.answer ->> 'duplicate') order by a.position) from answers as a),
+  array['false', 'true'],
+  'a request repeated within a batch is answered as a duplicate');
+select is(
+  (select array[count(*), sum(u.tokens_used)] from public.api_usage as u
+   where u.request_id = (select (a.answer ->> 'request_id')::uuid from answers as a where a.position = 1)),
+  (select array[1, d.reserved_tokens] from public.user_usage_daily as d
+   where d.user_id = (select id from ids where name = 'b')),
+  '... and reserves once');
 
 -- A request sent again in a later batch is a duplicate, as with admit().
 select is(
