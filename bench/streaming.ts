@@ -114,7 +114,7 @@ const bare = (c: Case) => drain(upstreamBody(c.upstream, c.perRead).pipeThrough(
 function tollgate(c: Case): Promise<number> {
   let ended = "";
   const body = clientStream({
-    upstream: upstreamBody(c.upstream, c.perRead),
+    upstream: { reader: upstreamBody(c.upstream, c.perRead).getReader() },
     upstreamFormat: c.upstream,
     clientFormat: c.client,
     clientAskedUsage: false,

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import { decodeSseBatches, encodeEvent, SseDecoder, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
+import { encodeEvent, SseDecoder, type SseEvent } from "../../supabase/functions/_shared/sse.ts";
 
-/** The events of an SSE body, one at a time. */
+/** The events of an SSE body, one at a time, as a reader of its chunks decodes them. */
 async function* decodeSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
-  for await (const events of decodeSseBatches(body)) yield* events;
+  const decoder = new SseDecoder();
+  for await (const chunk of body) yield* decoder.push(chunk);
+  yield* decoder.end();
 }
 
 const encoder = new TextEncoder();
@@ -85,42 +87,6 @@ Deno.test("an event cut off by the end of the stream is dropped", async () => {
   assert.deepEqual(events, [{ data: "one" }]);
 });
 
-Deno.test("a consumer that stops early cancels the body", async () => {
-  let cancelled = false;
-  let pulls = 0;
-  const endless = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      pulls += 1;
-      controller.enqueue(encoder.encode(`data: ${pulls}\n\n`));
-    },
-    cancel() {
-      cancelled = true;
-    },
-  });
-  for await (const event of decodeSse(endless)) {
-    if (event.data === "3") break;
-  }
-  assert.equal(cancelled, true);
-  // The lock is released, so the body can be read (as cancelled and empty) by someone else.
-  assert.deepEqual(await endless.getReader().read(), { done: true, value: undefined });
-});
-
-Deno.test("a body that errors passes its error on", async () => {
-  let pulls = 0;
-  const failing = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      pulls += 1;
-      if (pulls === 1) controller.enqueue(encoder.encode("data: a\n\n"));
-      else controller.error(new Error("connection reset"));
-    },
-  });
-  const seen: SseEvent[] = [];
-  await assert.rejects(async () => {
-    for await (const event of decodeSse(failing)) seen.push(event);
-  }, /connection reset/);
-  assert.deepEqual(seen, [{ data: "a" }]);
-});
-
 Deno.test("encodeEvent writes an event and a blank line, one data line per line", async () => {
   assert.equal(encodeEvent({ data: "[DONE]" }), "data: [DONE]\n\n");
   assert.equal(
@@ -133,7 +99,8 @@ Deno.test("encodeEvent writes an event and a blank line, one data line per line"
   assert.deepEqual(roundTrip, [{ event: "x", data: "1\n2" }]);
 });
 
-Deno.test("events come in the batches their chunks complete, and a chunk that completes none adds no batch", async () => {
-  const batches = await Array.fromAsync(decodeSseBatches(body(["data: a\n\ndata: b\n\ndata: c", "\n", "\n"])));
-  assert.deepEqual(batches, [[{ data: "a" }, { data: "b" }], [{ data: "c" }]]);
+Deno.test("each chunk yields the events it completes, and a chunk that completes none yields none", () => {
+  const decoder = new SseDecoder();
+  const batches = ["data: a\n\ndata: b\n\ndata: c", "\n", "\n"].map((text) => decoder.push(encoder.encode(text)));
+  assert.deepEqual(batches, [[{ data: "a" }, { data: "b" }], [], [{ data: "c" }]]);
 });

@@ -47,7 +47,7 @@ function throughGateway(
 ) {
   let ended: StreamEnd | undefined;
   const client = clientStream({
-    upstream: body,
+    upstream: { reader: body.getReader() },
     upstreamFormat,
     clientFormat,
     clientAskedUsage: false,
@@ -108,6 +108,23 @@ Deno.test("an event that cannot be read ends the stream after the ones before it
   assert.ok(text.startsWith(delta("a")), text);
   assert.match(text, /"code":"upstream_invalid_response"/);
   assert.doesNotMatch(text, /"content":"b"/);
+  assert.equal(end().outcome, "upstream_failed");
+});
+
+Deno.test("a body that errors mid-answer ends the client's stream with an error event, after what came before", async () => {
+  let pulls = 0;
+  const failing = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulls += 1;
+      if (pulls === 1) controller.enqueue(encoder.encode(delta("a")));
+      else controller.error(new TypeError("connection reset"));
+    },
+  });
+  const { client, end } = throughGateway(failing);
+  const text = await new Response(client).text();
+  assert.ok(text.startsWith(delta("a")), text);
+  assert.match(text, /"code":"upstream_stream_cut"/);
+  assert.doesNotMatch(text, /\[DONE\]/);
   assert.equal(end().outcome, "upstream_failed");
 });
 

@@ -24,7 +24,7 @@ import {
 } from "./schemas.ts";
 import { inBackground } from "./runtime.ts";
 import { settleInBackground } from "./settlement.ts";
-import { clientStream, resumeBody, type StreamEnd } from "./streaming.ts";
+import { clientStream, type StreamEnd } from "./streaming.ts";
 import { emptyUsage, type Usage } from "./usage.ts";
 
 const schemas = { openai: openaiChatRequestSchema, anthropic: anthropicMessagesRequestSchema };
@@ -287,7 +287,7 @@ async function serveAdmitted(
 
   if (call.plan.stream) {
     const body = clientStream({
-      upstream: resumeBody(answer.firstChunk!, answer.reader!),
+      upstream: { reader: answer.reader!, firstChunk: answer.firstChunk },
       upstreamFormat: answer.endpoint.format,
       clientFormat: format,
       clientAskedUsage: answer.clientAskedUsage,

@@ -1,7 +1,7 @@
 /**
  * Server-Sent Events: a body's bytes → events. The decoder is synchronous and works a chunk at
  * a time, so a stream pays for one asynchronous step per chunk read, not one per line and per
- * event. A consumer that stops early cancels the body, which releases the upstream connection.
+ * event (streaming.ts reads the body and feeds it the chunks).
  */
 
 export interface SseEvent {
@@ -78,33 +78,6 @@ export class SseDecoder {
     if (field === "data") this.#data.push(value);
     else if (field === "event") this.#event = value;
     else if (field === "id") this.#id = value;
-  }
-}
-
-/**
- * The events of an SSE response body, in the batches its chunks complete (never an empty one):
- * a consumer can handle, and write on, all that one read brought at once. Cancels the body when
- * the consumer stops before its end.
- */
-export async function* decodeSseBatches(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent[]> {
-  const decoder = new SseDecoder();
-  const reader = body.getReader();
-  let settled = false;
-  try {
-    while (true) {
-      const { done, value } = await reader.read();
-      if (done) settled = true;
-      const events = done ? decoder.end() : decoder.push(value);
-      if (events.length > 0) yield events;
-      if (done) return;
-    }
-  } catch (error) {
-    // An errored stream has nothing left to cancel.
-    settled = true;
-    throw error;
-  } finally {
-    if (!settled) await reader.cancel();
-    reader.releaseLock();
   }
 }
 

@@ -17,7 +17,7 @@ import {
   type StreamTranslation,
 } from "./providers/translate/streams.ts";
 import type { StreamTracker } from "./providers/upstream.ts";
-import { decodeSseBatches, encodeEvent, type SseEvent } from "./sse.ts";
+import { encodeEvent, SseDecoder, type SseEvent } from "./sse.ts";
 
 export type StreamOutcome = "complete" | "upstream_failed" | "timeout" | "client_closed";
 
@@ -27,8 +27,15 @@ export interface StreamEnd {
   error?: GatewayError;
 }
 
+/** The provider's body, read from here on; its first chunk may have been read already. */
+export interface UpstreamBody {
+  reader: ReadableStreamDefaultReader<Uint8Array>;
+  /** Read before the answer was committed (to be sure the stream started): it goes first. */
+  firstChunk?: Uint8Array;
+}
+
 export interface StreamOptions {
-  upstream: ReadableStream<Uint8Array>;
+  upstream: UpstreamBody;
   upstreamFormat: WireFormat;
   clientFormat: WireFormat;
   clientAskedUsage: boolean;
@@ -81,10 +88,33 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
     : openaiToAnthropicStream();
 
   // Each upstream event is observed for usage, then translated or filtered; what one upstream
-  // read brings goes on together, as one write to the client.
-  async function* batches(): AsyncGenerator<SseEvent[]> {
-    for await (const events of decodeSseBatches(options.upstream)) {
-      lastEventAt = performance.now();
+  // read brings goes on together, as one write to the client. The client's stream reads the
+  // provider's body itself, one read per pull: every layer of streams or generators between
+  // the two would cost each chunk more than the work done on it.
+  const { reader } = options.upstream;
+  let firstChunk = options.upstream.firstChunk;
+  const decoder = new SseDecoder();
+  const send = (controller: ReadableStreamDefaultController<Uint8Array>, events: SseEvent[]) =>
+    controller.enqueue(encoder.encode(events.map(encodeEvent).join("")));
+
+  /**
+   * Reads the provider's body until a read brings something for the client, which goes on
+   * ("more"), or until the stream is over ("end"): the body ended, or the client has its last
+   * event (the rest of the body is then left unread).
+   */
+  async function forward(controller: ReadableStreamDefaultController<Uint8Array>): Promise<"more" | "end"> {
+    for (;;) {
+      let events: SseEvent[];
+      let done = false;
+      if (firstChunk) {
+        events = decoder.push(firstChunk);
+        firstChunk = undefined;
+      } else {
+        const read = await reader.read();
+        done = read.done;
+        events = read.done ? decoder.end() : decoder.push(read.value);
+      }
+      if (events.length > 0) lastEventAt = performance.now();
       const out: SseEvent[] = [];
       try {
         for (const event of events) {
@@ -94,24 +124,24 @@ export function clientStream(options: StreamOptions): ReadableStream<Uint8Array>
         }
       } catch (error) {
         // An event that cannot be read ends the stream; what came before it still goes on.
-        if (out.length > 0) yield out;
+        if (out.length > 0) send(controller, out);
         throw error;
       }
-      if (out.length > 0) yield out;
-      // Stopping here stops reading the upstream body too.
-      if (toClient.ended) return;
+      if (out.length > 0) send(controller, out);
+      if (toClient.ended) {
+        // The client has its last event: stop reading the upstream body.
+        if (!done) await reader.cancel();
+        return "end";
+      }
+      if (done) return "end";
+      if (out.length > 0) return "more";
     }
   }
-  const written = batches();
-
-  const send = (controller: ReadableStreamDefaultController<Uint8Array>, events: SseEvent[]) =>
-    controller.enqueue(encoder.encode(events.map(encodeEvent).join("")));
 
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const next = await written.next();
-        if (!next.done) return send(controller, next.value);
+        if (await forward(controller) === "more") return;
         if (tracker.finished) {
           end("complete");
         } else {
@@ -150,24 +180,3 @@ const cutShort = () =>
     code: "upstream_stream_cut",
     message: "The provider's stream ended before the answer was complete; the answer is truncated.",
   });
-
-/** A body whose first chunk was already read (to be sure the stream started), made whole again. */
-export function resumeBody(
-  firstChunk: Uint8Array,
-  reader: ReadableStreamDefaultReader<Uint8Array>,
-): ReadableStream<Uint8Array> {
-  let first: Uint8Array | undefined = firstChunk;
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      if (first) {
-        controller.enqueue(first);
-        first = undefined;
-        return;
-      }
-      const { done, value } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel: (reason) => reader.cancel(reason),
-  });
-}
