@@ -618,6 +618,8 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
           stream: shape.stream,
           messages: [{ role: "user", content: prompt(nonce, shape.directives) }],
         }),
+        // A gateway that holds a call forever fails the test rather than hanging it.
+        signal: AbortSignal.timeout(60_000),
       });
       const text = await response.text();
       const call: Call = {

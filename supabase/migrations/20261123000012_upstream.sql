@@ -363,8 +363,8 @@ revoke all on function tollgate.key_usable(tollgate.provider_keys, timestamptz) 
 -- free: calls its usable keys can start in all; best_key: the key with the most room
 -- (first by position on a tie), and whether a call on it holds an in-flight slot;
 -- roomy: that key is farther from its limits than every database connection could grant
--- at once in one transaction (as many as an admission batch holds: max_batch_size) and counts
--- no per-minute ceiling (see upstream_admission).
+-- at once in one transaction (as many as an admission batch holds: max_batch_size) and
+-- counts no per-minute ceiling (see upstream_admission).
 create function tollgate.provider_room(
   provider text,
   estimated_tokens integer,
@@ -392,7 +392,9 @@ begin
     select h.* from headroom as h where h.room > 0 order by h.room desc, h.position limit 1
   )
   select coalesce((select sum(h.room) from headroom as h), 0), b.label, b.slot,
-    coalesce(not b.counted and b.room >= current_setting('max_connections')::integer * tollgate.max_batch_size(), false)
+    coalesce(
+      not b.counted and b.room >= current_setting('max_connections')::integer * tollgate.max_batch_size(),
+      false)
   into free, best_key, best_holds_slot, roomy
   from (select) as one
   left join best as b on true;
@@ -462,7 +464,7 @@ begin
 
   -- Far from every limit, grants need not wait for each other. With nobody waiting and
   -- a key farther from its limits than every database connection could grant without
-  -- seeing the others (max_batch_size each, an admission batch's most: see provider_room), no
+  -- seeing the others (max_batch_size() each, a batch's most: see provider_room), no
   -- interleaving of such grants can pass a ceiling: they hold the provider's lock in
   -- SHARE mode, read again under it, and write nothing — the queue's cost without
   -- contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and sees

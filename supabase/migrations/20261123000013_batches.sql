@@ -122,8 +122,8 @@ grant execute on function tollgate.admit_many(jsonb) to service_role;
 -- ----------------------------------------------------------------------------
 -- tollgate.settle_many(calls jsonb) returns void
 -- ----------------------------------------------------------------------------
--- calls: a JSON array of 1..max_batch_size() settle() calls. They are recorded together, as settle()
--- records one (tollgate.record_calls); then the rollups of all of them at once.
+-- calls: a JSON array of 1..max_batch_size() settle() calls. They are recorded together,
+-- as settle() records one (tollgate.record_calls); then the rollups of all of them at once.
 create function tollgate.settle_many(calls jsonb)
 returns void
 language plpgsql
@@ -137,7 +137,8 @@ begin
   if coalesce(jsonb_array_length(case when jsonb_typeof(calls) = 'array' then calls end), 0)
     not between 1 and tollgate.max_batch_size()
   then
-    raise exception 'tollgate.settle_many: calls must be an array of 1 to % settle() calls', tollgate.max_batch_size()
+    raise exception 'tollgate.settle_many: calls must be an array of 1 to % settle() calls',
+      tollgate.max_batch_size()
       using errcode = '22023';
   end if;
   v_deltas := (tollgate.record_calls(calls)).deltas;

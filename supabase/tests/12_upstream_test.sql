@@ -373,7 +373,8 @@ select results_eq(
 select is(tollgate.register_provider_keys(
   '[{"provider": "pgtap-up-roomy", "label": "primary", "fingerprint": "sha256:00000000000000d2", "position": 1}]'), 1,
   'a provider with a generous in-flight ceiling');
-update tollgate.provider_keys set max_in_flight = current_setting('max_connections')::integer * tollgate.max_batch_size() - 1
+update tollgate.provider_keys
+set max_in_flight = current_setting('max_connections')::integer * tollgate.max_batch_size() - 1
 where provider = 'pgtap-up-roomy';
 select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(400)) as r), false,
   'one call short of a full batch per database connection, it is not roomy');

@@ -3,7 +3,7 @@
  * bootstrap (roles, `auth`, `extensions`): the database half of the local stack.
  */
 import { fileURLToPath } from "node:url";
-import { assertPortFree, freePort, progress, run } from "./util.ts";
+import { assertPortFree, freePortBelowEphemeral, progress, run } from "./util.ts";
 
 const pgBin = "/usr/lib/postgresql/15/bin";
 const bootstrapSql = fileURLToPath(new URL("./bootstrap.sql", import.meta.url));
@@ -25,7 +25,7 @@ export async function startCluster(
   dataDir: string,
   options: { port?: number; fresh: boolean },
 ): Promise<Cluster> {
-  const port = options.port ?? freePort();
+  const port = options.port ?? freePortBelowEphemeral();
   assertPortFree(port);
   const exists = await Deno.stat(`${dataDir}/PG_VERSION`).then(() => true, () => false);
   if (exists && options.fresh) await Deno.remove(dataDir, { recursive: true });

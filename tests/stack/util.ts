@@ -43,6 +43,28 @@ export function freePort(): number {
   return port;
 }
 
+/**
+ * A free port below the kernel's range of ephemeral ports, for a server that its clients keep
+ * reconnecting to while it is down (the database, restarted mid-load). Connecting again and
+ * again to a closed port inside that range ends, now and then, in a connection to itself: the
+ * kernel picks that same port as the connection's own, and the client waits out its connect
+ * timeout talking to itself.
+ */
+export function freePortBelowEphemeral(): number {
+  const [ephemeralLow] = Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").trim().split(/\s+/)
+    .map(Number);
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * (ephemeralLow - 10_000));
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch {
+      // taken: try another
+    }
+  }
+  fail(`no free port between 10000 and ${ephemeralLow} for PostgreSQL`);
+}
+
 /** Stops with a clear message, not a stack trace, when something already listens on `port`. */
 export function assertPortFree(port: number): void {
   try {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { againOnDeadlock, DEADLOCK_ATTEMPTS } from "../../supabase/functions/_shared/db.ts";
+import { againOnDeadlock, connectLedger, DEADLOCK_ATTEMPTS } from "../../supabase/functions/_shared/db.ts";
+import { GatewayError } from "../../supabase/functions/_shared/errors.ts";
 
 /** A call that fails with each of `errors` in turn, then answers; counting its attempts. */
 function failing(...errors: unknown[]) {
@@ -36,5 +37,35 @@ Deno.test("any other error is not sent again", async () => {
     const call = failing(error);
     await assert.rejects(againOnDeadlock(call.call));
     assert.equal(call.attempts(), 1);
+  }
+});
+
+Deno.test("a database that closes each connection as it opens (as one restarting does) is refused in seconds", async () => {
+  // postgres.js alone holds such a call forever, reconnecting; the ledger gives up on it and
+  // starts a new pool, so the calls after it are not stuck behind it.
+  const closing = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = (async () => {
+    for await (const connection of closing) connection.close();
+  })();
+  const { port } = closing.addr as Deno.NetAddr;
+  const ledger = connectLedger(`postgresql://postgres:postgres@127.0.0.1:${port}/postgres`, { viaPooler: false });
+  try {
+    for (const attempt of [1, 2]) {
+      const started = performance.now();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const heldTooLong = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("still waiting after 10 s")), 10_000);
+      });
+      await assert.rejects(
+        Promise.race([ledger.admit({ request_id: crypto.randomUUID() }), heldTooLong]),
+        (error) => error instanceof GatewayError && error.code === "database_unavailable",
+      ).finally(() => clearTimeout(timer));
+      const seconds = (performance.now() - started) / 1000;
+      assert.ok(seconds < 6.5, `call ${attempt} was refused after ${seconds.toFixed(1)} s`);
+    }
+  } finally {
+    await ledger.close().catch(() => {});
+    closing.close();
+    await accepting.catch(() => {});
   }
 });

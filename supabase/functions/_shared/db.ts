@@ -36,19 +36,52 @@ export interface Ledger {
 }
 
 export function connectLedger(url: string, options: { viaPooler: boolean }): Ledger {
-  const sql = postgres(url, {
-    // Each isolate holds its own pool, and every pool counts against max_connections.
-    max: 4,
-    prepare: !options.viaPooler,
-    connect_timeout: 5,
-    // postgres.js backs off up to 20 s between reconnects, holding queries meanwhile: a call
-    // should be refused at once while the database is down, and admitted at once after.
-    backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 0.5),
-    idle_timeout: 30,
-    max_lifetime: 60 * 10,
-    onnotice: () => {},
-    connection: { application_name: "tollgate" },
-  });
+  const open = () =>
+    postgres(url, {
+      // Each isolate holds its own pool, and every pool counts against max_connections.
+      max: 4,
+      prepare: !options.viaPooler,
+      connect_timeout: callTimeoutMs / 1000,
+      // postgres.js backs off up to 20 s between reconnects, holding queries meanwhile: a call
+      // should be refused at once while the database is down, and admitted at once after.
+      backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 0.5),
+      idle_timeout: 30,
+      max_lifetime: 60 * 10,
+      onnotice: () => {},
+      connection: { application_name: "tollgate" },
+    });
+  let sql = open();
+
+  /**
+   * A call the database has not answered within the connect timeout is given up, and the
+   * pool with it. postgres.js (3.4.9) can leave a query waiting forever on a connection the
+   * server closed while it was starting up, as a restarting database does (porsager/postgres
+   * #1193), and every call after it would queue behind it. The next calls get a new pool; the
+   * old one is closed, failing what it still holds. Callers refuse or retry as after any
+   * database error, and the request id makes an admission or a settlement sent again
+   * idempotent.
+   */
+  async function answered<T>(call: (client: postgres.Sql) => Promise<T>): Promise<T> {
+    const client = sql;
+    const pending = call(client);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        if (sql === client) {
+          sql = open();
+          client.end({ timeout: 0 }).catch(() => {});
+        }
+        reject(new Error(`the database did not answer within ${callTimeoutMs / 1000} s`));
+      }, callTimeoutMs);
+    });
+    // Settled after the race is lost (failed by the old pool's end): nothing waits for it.
+    pending.catch(() => {});
+    try {
+      return await Promise.race([pending, timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 
   /**
    * `select * from tollgate.<name>(arg => $1, …)`: named arguments, so their order cannot drift.
@@ -63,10 +96,12 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     // Prepared once per connection (by its text): each later call skips the parse and the
     // description round of the protocol. Not through a transaction-mode pooler, whose server
     // connections change between calls.
-    return await sql.unsafe(
-      `select * from tollgate.${name}(${list}) as result`,
-      values as postgres.ParameterOrJSON<never>[],
-      { prepare: !options.viaPooler },
+    return await answered((client) =>
+      client.unsafe(
+        `select * from tollgate.${name}(${list}) as result`,
+        values as postgres.ParameterOrJSON<never>[],
+        { prepare: !options.viaPooler },
+      )
     );
   }
 
@@ -141,6 +176,9 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     close: () => sql.end({ timeout: 5 }),
   };
 }
+
+/** How long a database call may go unanswered (and a connection take to open) before it fails. */
+const callTimeoutMs = 5_000;
 
 /** How many times an admission is sent in all when Postgres keeps choosing it to end a deadlock. */
 export const DEADLOCK_ATTEMPTS = 3;
