@@ -287,7 +287,7 @@ async function serveAdmitted(
 
   if (call.plan.stream) {
     const body = clientStream({
-      upstream: { reader: answer.reader!, firstChunk: answer.firstChunk },
+      upstream: answer.body!,
       upstreamFormat: answer.endpoint.format,
       clientFormat: format,
       clientAskedUsage: answer.clientAskedUsage,

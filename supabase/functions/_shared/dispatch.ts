@@ -13,6 +13,7 @@ import { withStreamUsage } from "./providers/openai.ts";
 import { anthropicToOpenAIRequest, openaiToAnthropicRequest } from "./providers/translate/requests.ts";
 import { isRetryableStatus, nextDelay, retryAfterMs } from "./retry.ts";
 import type { AnthropicMessagesRequest, OpenAIChatRequest } from "./schemas.ts";
+import type { UpstreamBody } from "./streaming.ts";
 
 /** The call as the client made it, after admission's caps were applied. */
 export interface CallPlan {
@@ -34,9 +35,8 @@ export interface Answer {
   endpoint: ProviderEndpoint;
   step: RouteStep;
   response: Response;
-  /** The first chunk of a streamed body, already read to make sure the stream really started. */
-  firstChunk?: Uint8Array;
-  reader?: ReadableStreamDefaultReader<Uint8Array>;
+  /** A streamed body, its first chunk already read to make sure the stream really started. */
+  body?: UpstreamBody;
   /** Whether an OpenAI-format client asked for the usage chunk itself. */
   clientAskedUsage: boolean;
   /** Aborts the upstream request (client gone, stream timeout). */
@@ -113,10 +113,10 @@ export async function dispatch(
           };
           if (plan.stream && response.body) {
             // Read the first chunk before committing: a stream that dies at once is retried.
-            answer.reader = response.body.getReader();
-            const first = await answer.reader.read();
+            const reader = response.body.getReader();
+            const first = await reader.read();
             if (first.done) throw new TypeError("the provider closed the stream before sending anything");
-            answer.firstChunk = first.value;
+            answer.body = { reader, firstChunk: first.value };
           }
           clearTimeout(timer);
           outcomes.push(attemptOutcome(step, endpoint, response.status, received));
