@@ -608,7 +608,9 @@ begin
   v_last := date_trunc('hour', as_of - interval '75 minutes');
   select max(h.hour) + interval '1 hour' into v_from from tollgate.spend_hourly as h;
   if v_from is null then
-    select greatest(date_trunc('hour', min(c.created_at)), v_hour - interval '8 days')
+    -- greatest() ignores a null: without a call there is no first hour at all.
+    select case when min(c.created_at) is not null
+      then greatest(date_trunc('hour', min(c.created_at)), v_hour - interval '8 days') end
     into v_from
     from public.ai_api_calls as c
     where c.created_at > as_of - interval '8 days';

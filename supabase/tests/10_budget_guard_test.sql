@@ -6,7 +6,7 @@
 -- SQL is called directly, with generated history: no waiting for the clock.
 -- ============================================================================
 begin;
-select plan(81);
+select plan(82);
 
 create function pg_temp.new_user(email text)
 returns uuid
@@ -178,6 +178,10 @@ update tollgate.gateway_state set throttled = false, throttle_reason = null;
 -- ----------------------------------------------------------------------------
 -- The spend breaker
 -- ----------------------------------------------------------------------------
+-- pg_cron runs check_anomalies() on this database every minute too: from here to the
+-- rollback its writes wait, and what it wrote before is cleared.
+lock table tollgate.spend_hourly in exclusive mode;
+delete from tollgate.spend_hourly;
 -- Eight days of history at 0.50 USD per hour, up to the last completed hour.
 insert into tollgate.spend_hourly (hour, calls, cost_usd)
 select h, 10, 0.5
@@ -346,6 +350,14 @@ insert into net._http_response (id, status_code) select max(id), 200 from net.se
 select is(tollgate.deliver_alerts() ->> 'delivered', '1', 'a 2xx answer …');
 select results_eq($$select attempts, delivered_via, delivered_at is not null from tollgate.budget_alerts where dedup_key = 'test:pg_net'$$,
   $$values (2, 'pg_net'::text, true)$$, '… marks it delivered, after two attempts');
+
+-- ----------------------------------------------------------------------------
+-- A gateway without calls has no hourly history (not eight days of quiet hours)
+-- ----------------------------------------------------------------------------
+delete from public.ai_api_calls;
+delete from tollgate.spend_hourly;
+select tollgate.check_anomalies();
+select is((select count(*) from tollgate.spend_hourly), 0::bigint, 'with no calls, the job writes no hourly spend');
 
 select * from finish();
 rollback;
