@@ -3,7 +3,11 @@ import { groupCommit, MAX_BATCH_SIZE } from "../../supabase/functions/_shared/ba
 
 /** A database stand-in whose calls finish when the test says so, recording what was sent. */
 function fakeDatabase(
-  options: { failBatches?: boolean; failOne?: (item: number) => boolean; collectMs?: number } = {},
+  options: {
+    failBatches?: "refused" | "unreachable";
+    failOne?: (item: number) => boolean;
+    collectMs?: number;
+  } = {},
 ) {
   const sent: { kind: "batch" | "one"; items: number[] }[] = [];
   const pending: (() => void)[] = [];
@@ -21,7 +25,8 @@ function fakeDatabase(
     runBatch: (items) => {
       sent.push({ kind: "batch", items });
       return later(() => {
-        if (options.failBatches) throw new Error("deadlock detected");
+        if (options.failBatches === "refused") throw new Error("deadlock detected");
+        if (options.failBatches === "unreachable") throw new Error("connection refused");
         return items.map((item) => `answer ${item}`);
       });
     },
@@ -34,6 +39,7 @@ function fakeDatabase(
     },
     maxInFlight: 1,
     collectMs: options.collectMs ?? 0,
+    refusedByDatabase: (error) => (error as Error).message !== "connection refused",
   });
   /** Lets every call sent so far finish, and the batches they release be sent. */
   const finishAll = async () => {
@@ -72,7 +78,7 @@ Deno.test("group commit: batches hold at most MAX_BATCH_SIZE elements", async ()
 });
 
 Deno.test("group commit: a failed batch is sent again element by element; one bad element fails alone", async () => {
-  const db = fakeDatabase({ failBatches: true, failOne: (item) => item === 3 });
+  const db = fakeDatabase({ failBatches: "refused", failOne: (item) => item === 3 });
   const answers = [1, 2, 3, 4].map((item) => db.call(item).catch((error: Error) => error.message));
   await db.finishAll();
   assert.deepEqual(db.sent, [
@@ -83,6 +89,19 @@ Deno.test("group commit: a failed batch is sent again element by element; one ba
     { kind: "one", items: [4] },
   ]);
   assert.deepEqual(await Promise.all(answers), ["answer 1", "answer 2", "refused 3", "answer 4"]);
+});
+
+Deno.test("group commit: a batch that could not reach the database fails each element, none sent again", async () => {
+  const db = fakeDatabase({ failBatches: "unreachable" });
+  const answers = [1, 2, 3, 4].map((item) => db.call(item).catch((error: Error) => error.message));
+  await db.finishAll();
+  assert.deepEqual(db.sent, [{ kind: "one", items: [1] }, { kind: "batch", items: [2, 3, 4] }]);
+  assert.deepEqual(await Promise.all(answers), [
+    "answer 1",
+    "connection refused",
+    "connection refused",
+    "connection refused",
+  ]);
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -7,9 +7,10 @@
  * the response) may instead wait `collectMs` for others to join them: at low load most of them,
  * and at middling load many, would otherwise go alone, each paying a whole transaction.
  *
- * A batch is all or nothing. When it fails, each of its elements is sent again alone
- * (`runOne`), so every caller gets its own answer or its own error, and one bad element never
- * fails the others.
+ * A batch is all or nothing. When the database refuses it, each of its elements is sent again
+ * alone (`runOne`), so every caller gets its own answer or its own error, and one bad element
+ * never fails the others. When the database could not be reached, every element fails with the
+ * batch: sent alone, they would only wait for it again, each taking a connection.
  */
 
 /**
@@ -25,6 +26,8 @@ export interface GroupCommit<In, Out> {
   maxInFlight: number;
   /** How long the oldest waiting call waits for company before a batch goes (0: none). */
   collectMs: number;
+  /** Whether the database answered with this error, so that one element may be at fault. */
+  refusedByDatabase(error: unknown): boolean;
 }
 
 interface Waiting<In, Out> {
@@ -35,7 +38,9 @@ interface Waiting<In, Out> {
   reject(error: unknown): void;
 }
 
-export function groupCommit<In, Out>({ runBatch, runOne, maxInFlight, collectMs }: GroupCommit<In, Out>) {
+export function groupCommit<In, Out>(
+  { runBatch, runOne, maxInFlight, collectMs, refusedByDatabase }: GroupCommit<In, Out>,
+) {
   const waiting: Waiting<In, Out>[] = [];
   let inFlight = 0;
   let collecting: ReturnType<typeof setTimeout> | undefined;
@@ -50,9 +55,13 @@ export function groupCommit<In, Out>({ runBatch, runOne, maxInFlight, collectMs 
         batch.forEach((element, i) => element.resolve(answers[i]));
         return;
       } catch (error) {
-        console.warn(
-          `a batch of ${batch.length} failed (${error instanceof Error ? error.message : error}); sending each alone`,
-        );
+        const message = error instanceof Error ? error.message : error;
+        if (!refusedByDatabase(error)) {
+          console.warn(`a batch of ${batch.length} failed (${message}); failing each of its elements`);
+          batch.forEach((element) => element.reject(error));
+          return;
+        }
+        console.warn(`a batch of ${batch.length} failed (${message}); sending each alone`);
       }
     }
     await Promise.all(batch.map((element) => runOne(element.item).then(element.resolve, element.reject)));

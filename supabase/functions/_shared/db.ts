@@ -125,6 +125,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     runOne: (request) => againOnDeadlock(() => invoke("admit", { request })),
     maxInFlight: 1,
     collectMs: 0,
+    refusedByDatabase,
   });
   const settleBatched = groupCommit<Json, void>({
     runBatch: async (calls) => {
@@ -136,6 +137,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     },
     maxInFlight: 1,
     collectMs: 20,
+    refusedByDatabase,
   });
 
   return {
@@ -200,6 +202,9 @@ export async function againOnDeadlock<T>(call: () => Promise<T>): Promise<T> {
     }
   }
 }
+
+/** An error the server sent about a statement, as opposed to a connection lost or never made. */
+const refusedByDatabase = (error: unknown) => error instanceof postgres.PostgresError;
 
 /** Admission without a database cannot meter the call: refuse it (fail closed). */
 function unavailable(error: unknown): never {
