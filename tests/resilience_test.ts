@@ -20,17 +20,23 @@
  *    provider; none waits for the database longer than the function's connect timeout; the
  *    settlements that were pending when it went down complete once it is back, one row per
  *    admitted call.
+ *
+ * 3. An admission whose answer is lost (it commits, and the connection drops before the reply):
+ *    the call is refused with 503, and its reservation is released rather than charged.
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { signAccessToken } from "./stack/keys.ts";
 import { startCluster } from "./stack/postgres.ts";
 import { applyMigrations } from "./stack/migrate.ts";
+import { startLossyRelay } from "./stack/relay.ts";
 import {
   admin,
+  createUser,
   isolatedModel,
   type LoggedTestGateway,
   prompt,
+  settledCall,
   stack,
   startLoggedTestGateway,
   unexpectedFailure,
@@ -744,13 +750,15 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
         assert.ok(pendingSettlements.length > 0, "some admitted calls ended while the database was down");
         const everyAdmitted = calls.filter((c) => c.status === 200); // the recovery calls too
         const ids = everyAdmitted.map((c) => c.requestId!);
-        // The function retries settlement for about a minute.
+        // The function retries settlement, and the abandonment of admissions it got no answer
+        // to, for about a minute.
         const settled = await eventually(75_000, async () => {
           const [row] = await db`
-          select count(*)::int as n from public.ai_api_calls where request_id = any(${ids}::uuid[])`.catch(() => [
-            { n: -1 },
-          ]);
-          return row.n === ids.length;
+          select
+            (select count(*)::int from public.ai_api_calls where request_id = any(${ids}::uuid[])) as n,
+            (select count(*)::int from public.api_usage where user_id = ${userId} and status = 'reserved') as reserved
+          `.catch(() => [{ n: -1, reserved: -1 }]);
+          return row.n === ids.length && row.reserved === 0;
         });
         const rows = await db<{ request_id: string }[]>`
         select request_id::text from public.ai_api_calls where user_id = ${userId}`;
@@ -765,6 +773,11 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
         const usage = await db<{ status: string; n: number }[]>`
         select status, count(*)::int as n from public.api_usage where user_id = ${userId} group by status`;
         assert.deepEqual([...usage], [{ status: "settled", n: everyAdmitted.length }], "no reservation left behind");
+        // Requests refused while the database was down are abandoned (their admissions may have
+        // committed): only refused ones.
+        const abandoned = await db<{ request_id: string }[]>`
+        select request_id::text from tollgate.abandoned_requests where user_id = ${userId}`;
+        assert.deepEqual(abandoned.filter((a) => !refusedIds.has(a.request_id)), [], "only refused requests abandoned");
         const [sums] = await db`
         select
           (select coalesce(sum(estimated_cost), 0)::text from public.ai_api_calls where user_id = ${userId}) as rows,
@@ -775,7 +788,8 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
         assert.equal(Number(sums.reserved), 0);
         console.log(
           `restart: ${everyAdmitted.length} admitted, ${answeredWhileDown.length} refused while down, ` +
-            `${pendingSettlements.length} settlements pending during the outage, all settled ` +
+            `${pendingSettlements.length} settlements pending during the outage, all settled, ` +
+            `${abandoned.length} refused requests abandoned ` +
             `(${gateway!.log.filter((line) => /^settlement of .* retrying$/.test(line)).length} retries logged)`,
         );
       },
@@ -789,5 +803,63 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
     await db.end({ timeout: 1 });
     await cluster.stop().catch(() => {});
     await Deno.remove(directory, { recursive: true }).catch(() => {});
+  }
+});
+
+// ─── An admission's answer lost ─────────────────────────────────────────────────────────────
+
+resilience("resilience: an admission whose answer is lost is refused (503), and its reservation released", async () => {
+  const relay = startLossyRelay(stack.functionEnv.SUPABASE_DB_URL);
+  let gateway: LoggedTestGateway | undefined;
+  try {
+    gateway = await startLoggedTestGateway({ SUPABASE_DB_URL: relay.url });
+    const user = await createUser();
+    const send = (nonce: string) =>
+      fetch(`${gateway!.openaiBase}/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "gpt-4o-mini",
+          max_tokens: 16,
+          messages: [{ role: "user", content: prompt(nonce, "words=3") }],
+        }),
+        signal: AbortSignal.timeout(30_000),
+      });
+
+    const lost = relay.loseAnswerTo("tollgate.admit(", 300);
+    const refused = await send("lost-answer");
+    await lost;
+    assert.equal(refused.status, 503);
+    assert.equal((await refused.json()).error.code, "database_unavailable");
+    const requestId = refused.headers.get("x-request-id");
+    assert.ok(requestId);
+
+    // The admission committed a reservation the gateway never heard of: once the request is
+    // abandoned, the reservation is gone, and no call row charges it.
+    const released = await eventually(10_000, async () => {
+      const [row] = await admin`select released from tollgate.abandoned_requests where request_id = ${requestId}`;
+      return row?.released === true;
+    });
+    assert.ok(released, "the lost admission's reservation was released");
+    const [reservations] = await admin`select count(*)::int as n from public.api_usage where user_id = ${user.id}`;
+    assert.equal(reservations.n, 0);
+    const [counters] = await admin`
+      select coalesce(sum(reserved_tokens), 0)::int as tokens, coalesce(sum(reserved_cost_usd), 0)::float8 as cost
+      from public.user_usage_daily where user_id = ${user.id}`;
+    assert.deepEqual({ ...counters }, { tokens: 0, cost: 0 }, "nothing stays reserved for the user");
+    const [calls] = await admin`select count(*)::int as n from public.ai_api_calls where user_id = ${user.id}`;
+    assert.equal(calls.n, 0, "no call row for the refused request");
+    assert.deepEqual(gateway.provider.requests.filter((r) => JSON.stringify(r.body).includes("lost-answer")), []);
+
+    const next = await send("after-the-loss");
+    assert.equal(next.status, 200, "the next call is admitted on a new connection");
+    await next.body?.cancel();
+    const row = await settledCall(next.headers.get("x-request-id"));
+    assert.equal(row.status, "success");
+    assert.deepEqual(gateway.log.filter((line) => unexpectedFailure.test(line)), []);
+  } finally {
+    await gateway?.process.stop();
+    await gateway?.provider.close();
+    relay.close();
   }
 });

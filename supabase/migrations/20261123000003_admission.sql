@@ -14,7 +14,8 @@
 --   request_id              uuid, required. Unique per request; settle() finds the
 --                           reservation by it. Re-sending the id of a reservation
 --                           still in flight returns it again (duplicate: true) and
---                           reserves nothing more.
+--                           reserves nothing more. The id of a request
+--                           settled, expired or abandoned is refused.
 --   user_id                 uuid, required; must exist in auth.users.
 --   is_anonymous            boolean (default false); auth.users.is_anonymous counts too.
 --   feature                 text (default 'default'); must exist in tollgate.features.
@@ -584,7 +585,8 @@ begin
 
     -- Token quotas and the cost cap read the per-user daily rollup (at most 31 rows);
     -- the tier's sliding windows count api_usage (one index range scan each on
-    -- (user_id, created_at)); and a reservation already made under this request id.
+    -- (user_id, created_at)); and a reservation, a call or an abandonment (see
+    -- tollgate.abandon) already made under this request id.
     select
       coalesce(sum(d.input_tokens + d.output_tokens) filter (where d.day = v_today), 0),
       coalesce(sum(d.reserved_tokens) filter (where d.day = v_today), 0),
@@ -607,7 +609,9 @@ begin
         ) as c
         where w.tier = v_tier_name),
       (select to_jsonb(u) from public.api_usage as u where u.request_id = v_req.request_id and not v_dry_run),
-      (select true from public.ai_api_calls as c where c.request_id = v_req.request_id and not v_dry_run)
+      coalesce(
+        (select true from public.ai_api_calls as c where c.request_id = v_req.request_id and not v_dry_run),
+        (select true from tollgate.abandoned_requests as a where a.request_id = v_req.request_id and not v_dry_run))
     into v_used_today, v_reserved_today, v_used_month, v_reserved_month, v_spent_month, v_reserved_cost_month,
       v_windows, v_existing, v_used_elsewhere
     from public.user_usage_daily as d

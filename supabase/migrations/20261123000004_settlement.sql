@@ -48,7 +48,11 @@
 --     row): settled true, late true.
 --
 -- ERRORS (nothing is written): SQLSTATE 22023 (invalid_parameter_value) for bad
--- input, with a hint; P0002 (no_data_found) for a request_id with no reservation.
+-- input, with a hint; P0002 (no_data_found) for a request_id with no reservation
+-- (an abandoned one included).
+--
+-- A request the function refused because its admission got no answer is never
+-- settled: it is abandoned (tollgate.abandon, at the end of this migration).
 -- ============================================================================
 
 -- ----------------------------------------------------------------------------
@@ -929,3 +933,93 @@ comment on function tollgate.settle(jsonb) is
 
 revoke all on function tollgate.settle(jsonb) from public, anon, authenticated;
 grant execute on function tollgate.settle(jsonb) to service_role;
+
+-- ----------------------------------------------------------------------------
+-- tollgate.abandon(request_id uuid, user_id uuid) returns text
+-- ----------------------------------------------------------------------------
+-- The function refuses a call (503) when its admission got no answer: the
+-- connection dropped, or the database did not answer in time. That admission may
+-- have committed all the same (a reply lost after the commit), or may still commit
+-- (a query the client library sent and then gave up on): a reservation for a call
+-- never made, which the expiry job would charge at its estimate. So the function
+-- then abandons the request id, retrying until the database answers.
+--
+-- Under the user's admission lock (lock_users), so that it and any admit() of the
+-- same request happen one after the other, whichever comes first. Answers:
+--   'released'   a reservation still `reserved` was deleted and released as a
+--                settlement releases one (the user's and the budgets' reserved
+--                amounts, its provider slot), with nothing spent and no
+--                ai_api_calls row, for no call was made. It no longer counts in
+--                the user's windows.
+--   'refused'    there was no reservation.
+--   'abandoned'  the request was abandoned before: nothing more is done.
+--   'settled', 'expired'  the call went ahead after all: untouched.
+-- 'released' and 'refused' record the request id in tollgate.abandoned_requests,
+-- which admit() reads, so that an admission of it arriving later is refused as a
+-- reuse of the id; and they take its ticket out of the provider queue.
+create table tollgate.abandoned_requests (
+  request_id uuid primary key,
+  user_id uuid not null,
+  abandoned_at timestamptz not null default now(),
+  released boolean not null
+);
+comment on table tollgate.abandoned_requests is
+  'Request ids the function refused after their admission got no answer (tollgate.abandon). admit() refuses them; kept a day.';
+comment on column tollgate.abandoned_requests.request_id is 'The request id (admit()''s request_id), refused from now on.';
+comment on column tollgate.abandoned_requests.user_id is 'The user of the request.';
+comment on column tollgate.abandoned_requests.abandoned_at is 'When tollgate.abandon() ran.';
+comment on column tollgate.abandoned_requests.released is 'Whether a reservation had been made, and was released.';
+alter table tollgate.abandoned_requests enable row level security;
+create policy "No client access" on tollgate.abandoned_requests as restrictive for all to anon, authenticated
+  using (false) with check (false);
+revoke all on tollgate.abandoned_requests from public, anon, authenticated;
+grant select on tollgate.abandoned_requests to service_role;
+
+create function tollgate.abandon(request_id uuid, user_id uuid)
+returns text
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_usage public.api_usage;
+begin
+  if abandon.request_id is null or abandon.user_id is null then
+    raise exception 'tollgate.abandon: request_id and user_id are required' using errcode = '22023';
+  end if;
+  perform tollgate.lock_users(array[abandon.user_id]);
+
+  select u.* into v_usage from public.api_usage as u where u.request_id = abandon.request_id for update;
+  if found and v_usage.user_id <> abandon.user_id then
+    raise exception 'tollgate.abandon: request % was reserved for another user', abandon.request_id
+      using errcode = '22023', hint = 'Abandon with the user_id the request was admitted for.';
+  end if;
+  if found and v_usage.status <> 'reserved' then
+    return v_usage.status;
+  end if;
+
+  insert into tollgate.abandoned_requests (request_id, user_id, released)
+  values (abandon.request_id, abandon.user_id, v_usage.request_id is not null)
+  on conflict on constraint abandoned_requests_pkey do nothing;
+  if not found then
+    return 'abandoned';
+  end if;
+  delete from tollgate.upstream_queue as q where q.request_id = abandon.request_id;
+  if v_usage.request_id is null then
+    return 'refused';
+  end if;
+
+  delete from public.api_usage as u where u.request_id = abandon.request_id;
+  perform tollgate.apply_usage_deltas(array[row(
+    v_usage.user_id, (v_usage.created_at at time zone 'UTC')::date, v_usage.provider, v_usage.model,
+    v_usage.feature, v_usage.budget_ids, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    v_usage.estimated_input_tokens + v_usage.max_output_tokens, v_usage.reserved_cost
+  )::tollgate.usage_delta]);
+  return 'released';
+end;
+$$;
+comment on function tollgate.abandon(uuid, uuid) is
+  'Takes back a request the function refused because its admission got no answer: releases the reservation if one was made, and keeps the request id from being admitted later. Idempotent. Called by the ai function as postgres (or service_role); never by clients.';
+revoke all on function tollgate.abandon(uuid, uuid) from public, anon, authenticated;
+grant execute on function tollgate.abandon(uuid, uuid) to service_role;

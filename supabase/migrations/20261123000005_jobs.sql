@@ -7,7 +7,8 @@
 --   tollgate.prune_api_usage()      every 5 minutes: drops window-log rows no window
 --                                   can see any more, folds past days' rollup
 --                                   shards, drops stale cache entries, old
---                                   rejections and old cron.job_run_details.
+--                                   rejections, old abandoned request ids and
+--                                   old cron.job_run_details.
 --
 -- Both are safe to run at any time, late, twice, or concurrently with each other and
 -- with admit()/settle(). Tests call them directly; they never wait for the clock.
@@ -122,6 +123,7 @@ declare
   v_expired bigint;
   v_cache bigint;
   v_rejections bigint;
+  v_abandoned bigint;
   v_cron bigint;
   v_folded bigint;
 begin
@@ -169,6 +171,10 @@ begin
   delete from tollgate.rejections as r where r.created_at < v_now - interval '30 days';
   get diagnostics v_rejections = row_count;
 
+  -- An abandoned request id need only outlive an admission of it still on its way.
+  delete from tollgate.abandoned_requests as a where a.abandoned_at < v_now - interval '1 day';
+  get diagnostics v_abandoned = row_count;
+
   -- pg_cron keeps every run's details forever unless pruned.
   delete from cron.job_run_details as j where j.end_time < v_now - interval '7 days';
   get diagnostics v_cron = row_count;
@@ -179,11 +185,12 @@ begin
     'usage_daily_folded', v_folded,
     'response_cache', v_cache,
     'rejections', v_rejections,
+    'abandoned_requests', v_abandoned,
     'cron_job_run_details', v_cron);
 end;
 $$;
 comment on function tollgate.prune_api_usage(integer) is
-  'Job (every 5 minutes): deletes settled api_usage rows older than the longest tier window (expired ones after a day), folds past days of usage_daily into one row per key, deletes stale response_cache entries, rejections older than 30 days and cron.job_run_details older than 7 days. Returns counts. Called by pg_cron as postgres, or by service_role.';
+  'Job (every 5 minutes): deletes settled api_usage rows older than the longest tier window (expired ones after a day), folds past days of usage_daily into one row per key, deletes stale response_cache entries, rejections older than 30 days, abandoned request ids older than a day and cron.job_run_details older than 7 days. Returns counts. Called by pg_cron as postgres, or by service_role.';
 revoke all on function tollgate.prune_api_usage(integer) from public, anon, authenticated;
 grant execute on function tollgate.prune_api_usage(integer) to service_role;
 

@@ -15,7 +15,7 @@ select tables_are('public', array['api_usage', 'ai_api_calls', 'user_usage_daily
 select tables_are('tollgate', array[
   'tiers', 'tier_windows', 'user_plans', 'features', 'budgets', 'budget_periods', 'budget_settlements',
   'gateway_state', 'routes', 'route_targets', 'model_prices', 'provider_health', 'response_cache',
-  'usage_daily', 'rejections', 'guard_settings', 'budget_alerts', 'user_flags', 'spend_hourly',
+  'usage_daily', 'rejections', 'abandoned_requests', 'guard_settings', 'budget_alerts', 'user_flags', 'spend_hourly',
   'upstream_settings', 'priority_classes', 'provider_keys', 'provider_key_usage_daily', 'upstream_queue'],
   'tollgate holds the gateway''s configuration and state');
 select views_are('public', array[

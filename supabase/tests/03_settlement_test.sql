@@ -2,10 +2,11 @@
 -- Settlement: tollgate.settle writes exactly one call row per request, completes the
 -- reservation, moves the estimate to actual spend in every rollup, is idempotent,
 -- corrects expired reservations, feeds the circuit breakers and the cache, and
--- refuses bad input with a clear error and no row.
+-- refuses bad input with a clear error and no row. tollgate.abandon takes back a
+-- request the function refused after its admission got no answer.
 -- ============================================================================
 begin;
-select plan(50);
+select plan(63);
 
 create function pg_temp.new_user(email text)
 returns uuid
@@ -285,6 +286,57 @@ select results_eq(
   'the rollup no longer counts the expired estimate under the model it was reserved for');
 select is(pg_temp.settle((select id from ids where name = 'late'), (select id from ids where name = 'user')) ->> 'duplicate',
   'true', 'settling it a third time is a no-op');
+
+-- ----------------------------------------------------------------------------
+-- Abandoned requests: the function refused them after an admission without an answer
+-- ----------------------------------------------------------------------------
+insert into ids values ('abandoner', pg_temp.new_user('abandon@test'));
+insert into ids values ('kept', pg_temp.reserve((select id from ids where name = 'abandoner')));
+insert into ids values ('gone', pg_temp.reserve((select id from ids where name = 'abandoner')));
+select is(tollgate.abandon((select id from ids where name = 'gone'), (select id from ids where name = 'abandoner')),
+  'released', 'abandoning a reservation releases it');
+select is((select count(*) from public.api_usage where request_id = (select id from ids where name = 'gone')),
+  0::bigint, 'its reservation is gone: it counts in no window');
+select is((select count(*) from public.ai_api_calls where request_id = (select id from ids where name = 'gone')),
+  0::bigint, 'an abandoned request has no call row: no call was made');
+select results_eq(
+  $$select reserved_tokens, reserved_cost_usd from public.user_usage_daily
+    where user_id = (select id from ids where name = 'abandoner')$$,
+  $$values (200::bigint, 0.001::numeric)$$,
+  'the user''s reserved counters keep only the other request''s estimate');
+select results_eq(
+  $$select user_id, released from tollgate.abandoned_requests where request_id = (select id from ids where name = 'gone')$$,
+  $$select id, true from ids where name = 'abandoner'$$,
+  'the abandonment is recorded');
+select is(tollgate.abandon((select id from ids where name = 'gone'), (select id from ids where name = 'abandoner')),
+  'abandoned', 'abandoning it again changes nothing');
+select throws_ok(
+  format('select pg_temp.settle(%L, %L)', (select id from ids where name = 'gone'), (select id from ids where name = 'abandoner')),
+  'P0002', null, 'an abandoned request cannot be settled');
+select throws_ok(
+  format('select tollgate.abandon(%L, %L)', (select id from ids where name = 'kept'), (select id from ids where name = 'user')),
+  '22023', null, 'another user''s request cannot be abandoned');
+
+-- Abandoned before its admission ran: the admission, arriving later, is refused.
+insert into ids values ('never', gen_random_uuid());
+select is(tollgate.abandon((select id from ids where name = 'never'), (select id from ids where name = 'abandoner')),
+  'refused', 'abandoning a request not admitted yet …');
+select results_eq(
+  format($$select a ->> 'allowed', a ->> 'code' from tollgate.admit(jsonb_build_object(
+    'request_id', %L::uuid, 'user_id', %L::uuid, 'model', 'gpt-4o-mini', 'estimated_input_tokens', 100,
+    'max_output_tokens', 100, 'estimated_cost_usd', 0.001)) as a$$,
+    (select id from ids where name = 'never'), (select id from ids where name = 'abandoner')),
+  $$values ('false', 'invalid_request')$$,
+  '… refuses its admission when it arrives later, as a reuse of the id');
+select results_eq(
+  $$select (select count(*) from public.api_usage where request_id = (select id from ids where name = 'never')),
+      (select reserved_tokens from public.user_usage_daily where user_id = (select id from ids where name = 'abandoner'))$$,
+  $$values (0::bigint, 200::bigint)$$,
+  'which reserves nothing');
+select is(tollgate.abandon((select id from ids where name = 'req1'), (select id from ids where name = 'user')),
+  'settled', 'a settled request is left as it is …');
+select is((select count(*) from tollgate.abandoned_requests where request_id = (select id from ids where name = 'req1')),
+  0::bigint, '… and not recorded as abandoned');
 
 -- Every rollup still equals its aggregate over the call rows.
 select results_eq(

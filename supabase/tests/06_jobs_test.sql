@@ -5,7 +5,7 @@
 -- SQL is called directly: no waiting for the clock.
 -- ============================================================================
 begin;
-select plan(24);
+select plan(25);
 
 create function pg_temp.new_user(email text)
 returns uuid
@@ -113,6 +113,9 @@ insert into tollgate.rejections (created_at, layer, code) values (now() - interv
 insert into cron.job_run_details (jobid, runid, status, start_time, end_time)
 values (1, 900001, 'succeeded', now() - interval '8 days', now() - interval '8 days'),
        (1, 900002, 'succeeded', now() - interval '1 day', now() - interval '1 day');
+insert into tollgate.abandoned_requests (request_id, user_id, abandoned_at, released)
+values (gen_random_uuid(), (select id from ids where name = 'user'), now() - interval '25 hours', false),
+       (gen_random_uuid(), (select id from ids where name = 'user'), now() - interval '23 hours', true);
 
 create temporary table pruned on commit drop as select tollgate.prune_api_usage() as counts;
 select is((select counts ->> 'api_usage_settled' from pruned), '1', 'settled rows past the longest window are deleted');
@@ -128,6 +131,8 @@ select is((select count(*)::integer from tollgate.rejections), 1, 'rejections ol
 select is((select array_agg(runid order by runid) from cron.job_run_details where runid >= 900001), array[900002::bigint],
   'cron.job_run_details older than 7 days are deleted');
 select ok((select counts ? 'usage_daily_folded' from pruned), 'the pruning reports what it folded');
+select results_eq($$select (select counts ->> 'abandoned_requests' from pruned), count(*) from tollgate.abandoned_requests$$,
+  $$values ('1', 1::bigint)$$, 'abandoned request ids are kept a day');
 
 -- The reservation nobody expired is still charged later.
 select is(tollgate.expire_reservations(), 1, 'the next expiry run charges the forgotten reservation');

@@ -23,7 +23,7 @@ import {
   parseRequest,
 } from "./schemas.ts";
 import { inBackground } from "./runtime.ts";
-import { settleInBackground } from "./settlement.ts";
+import { abandonInBackground, settleInBackground } from "./settlement.ts";
 import { clientStream, type StreamEnd } from "./streaming.ts";
 import { emptyUsage, type Usage } from "./usage.ts";
 
@@ -143,6 +143,7 @@ const defaultProvider = (model: string) => model.startsWith("claude") ? "anthrop
  * Admission, waiting in the provider queue for as long as it answers `queued`: the same request
  * id asks again after each poll interval, so the ticket keeps its place. A caller that leaves
  * takes its ticket out of the queue at once. The wait counts against the request's deadline.
+ * An admission the database did not answer is abandoned: it may have reserved all the same.
  */
 async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal): Promise<Admission> {
   const request = admissionRequest(call, context.requestId, false);
@@ -153,7 +154,12 @@ async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal
       ),
     );
   for (;;) {
-    const admission = await context.ledger.admit(request);
+    const admission = await context.ledger.admit(request).catch((error) => {
+      if (error instanceof GatewayError && error.code === "database_unavailable") {
+        abandonInBackground(context.ledger, context.requestId, call.caller.userId);
+      }
+      throw error;
+    });
     if (admission.code !== "queued" || !admission.queue) return admission;
     const waitedMs = performance.now() - context.startedAt;
     if (waitedMs + admission.queue.poll_after_ms > context.config.deadlineMs / 2) {

@@ -465,6 +465,28 @@ export type Database = {
   };
   "tollgate": {
     Tables: {
+      "abandoned_requests": {
+        Row: {
+          "abandoned_at": string;
+          "released": boolean;
+          "request_id": string;
+          "user_id": string;
+        };
+        ComputedFields: never;
+        Insert: {
+          "abandoned_at"?: string;
+          "released": boolean;
+          "request_id": string;
+          "user_id": string;
+        };
+        Update: {
+          "abandoned_at"?: string;
+          "released"?: boolean;
+          "request_id"?: string;
+          "user_id"?: string;
+        };
+        Relationships: [];
+      };
       "budget_alerts": {
         Row: {
           "attempts": number;
@@ -1481,6 +1503,7 @@ export type Database = {
       [_ in never]: never;
     };
     Functions: {
+      "abandon": { Args: { "request_id": string; "user_id": string }; Returns: string };
       "add_to_usage_daily": {
         Args: { "additions": (Database["tollgate"]["Tables"]["usage_daily"]["Row"])[] };
         Returns: number;

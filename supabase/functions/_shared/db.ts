@@ -28,6 +28,11 @@ export interface Ledger {
   claimAlerts(max: number, leaseSeconds: number): Promise<{ alert_id: number; payload: Json }[]>;
   /** The outcome of one delivery: null when the webhook took it, else why not. */
   recordAlertDelivery(alertId: number, error: string | null): Promise<void>;
+  /**
+   * An admission that got no answer may have committed, or may commit yet: the request is
+   * refused, so its reservation is released if one was made, and its id never admitted.
+   */
+  abandon(requestId: string, userId: string): Promise<void>;
   /** A queued request's caller went away: its ticket leaves the provider queue. */
   leaveQueue(requestId: string): Promise<void>;
   /** The provider keys this instance serves with, by label and fingerprint (never the key). */
@@ -168,6 +173,9 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
     },
     async recordAlertDelivery(alertId, error) {
       await invoke("record_alert_delivery", { alert_id: alertId, ...(error === null ? {} : { error_message: error }) });
+    },
+    async abandon(requestId, userId) {
+      await invoke("abandon", { request_id: requestId, user_id: userId });
     },
     async leaveQueue(requestId) {
       await invoke("leave_queue", { request_id: requestId });
