@@ -93,7 +93,13 @@ const settleLag = (c: Cell) =>
     ? " (**settlements unfinished after 30 s**)"
     : ` (settle lag ${c.settleLagMs.toFixed(0)} ms)`;
 
-export const soakEvery = (seconds: number) => Math.max(5, Math.round(seconds / 60));
+/**
+ * RSS is sampled every second. The collector's sawtooth is some 30 MB deep: with noise that
+ * deep (simulated as independent), the slope of the 30 samples a 10 s period gave over five
+ * minutes scatters by about 1 MB/min on a flat process, the bound itself; that of 300 samples,
+ * by about a third of it.
+ */
+export const SOAK_SAMPLE_SECONDS = 1;
 
 /**
  * Steady start and end: the medians of the first and the last minute of samples under load
@@ -103,7 +109,7 @@ export const soakEvery = (seconds: number) => Math.max(5, Math.round(seconds / 6
  */
 function soakTrend(soak: Soak): { start: number; end: number; slope: number } {
   const underLoad = soak.samples.length > 2 ? soak.samples.slice(1, -1) : soak.samples;
-  const span = Math.max(1, Math.min(Math.round(60 / soakEvery(soak.seconds)), Math.floor(underLoad.length / 6)));
+  const span = Math.max(1, Math.min(Math.round(60 / SOAK_SAMPLE_SECONDS), Math.floor(underLoad.length / 6)));
   return {
     start: median(underLoad.slice(0, span).map((s) => s.mb)),
     end: median(underLoad.slice(-span).map((s) => s.mb)),
@@ -117,15 +123,21 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
-/** Least-squares slope of RSS over time, in MB per minute. */
+/**
+ * Theil–Sen slope of RSS over time, in MB per minute: the median of the slopes between every
+ * pair of samples. A least-squares fit follows the garbage collector's sawtooth: one sample
+ * 25 MB high at the end of 30 tilts it by about 1 MB/min, while the median of the pairwise
+ * slopes moves only when most of the series rises.
+ */
 function slopePerMinute(samples: { at: number; mb: number }[]): number {
-  const n = samples.length;
-  if (n < 2) return NaN;
-  const mx = samples.reduce((s, p) => s + p.at, 0) / n;
-  const my = samples.reduce((s, p) => s + p.mb, 0) / n;
-  const sxy = samples.reduce((s, p) => s + (p.at - mx) * (p.mb - my), 0);
-  const sxx = samples.reduce((s, p) => s + (p.at - mx) ** 2, 0);
-  return sxx === 0 ? NaN : sxy / sxx * 60;
+  const slopes: number[] = [];
+  for (let i = 0; i < samples.length; i++) {
+    for (let j = i + 1; j < samples.length; j++) {
+      const dt = samples[j].at - samples[i].at;
+      if (dt > 0) slopes.push((samples[j].mb - samples[i].mb) / dt * 60);
+    }
+  }
+  return slopes.length ? median(slopes) : NaN;
 }
 
 export function report(
@@ -395,7 +407,7 @@ export function report(
     line();
     line(
       "Load: 10 closed-loop workers (5 non-streamed, 5 streamed) for the whole soak, the same requests and " +
-        `users as above; VmRSS of the function's process from /proc every ${soakEvery(soak.seconds)} s. ` +
+        `users as above; VmRSS of the function's process from /proc every ${SOAK_SAMPLE_SECONDS} s. ` +
         "Steady start and end are the medians of the samples of the first and the last minute under the soak's " +
         "own load (of a sixth, in a shorter soak), as RSS follows the garbage collector up and down; the value " +
         "before the first still carries what the concurrency-50 cells left.",
@@ -409,7 +421,7 @@ export function report(
     line(`| peak during the soak | ${f1(peak)} |`);
     line(`| soak end (median of the last minute under load) | ${f1(end)} |`);
     line(`| 5 s after the load stopped | ${f1(soak.afterIdleMb)} |`);
-    line(`| slope over the second half | ${signed(slope)} MB/min |`);
+    line(`| slope over the second half (Theil–Sen) | ${signed(slope)} MB/min |`);
     line();
     line(
       `Served ${soak.served} calls (${(soak.served / soak.seconds).toFixed(0)}/s), ` +

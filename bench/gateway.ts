@@ -28,7 +28,7 @@ import {
   type Cell,
   report,
   type Soak,
-  soakEvery,
+  SOAK_SAMPLE_SECONDS,
   type TargetName,
   type UpstreamCheck,
 } from "./gateway-report.ts";
@@ -633,8 +633,7 @@ async function startTollgate(dataDir: string, providerUrl: string) {
 /** Steady mixed load (half the workers streaming) on the function process, sampling its RSS. */
 async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof startTollgate>>): Promise<Soak> {
   const seconds = settings.soakSeconds;
-  const every = soakEvery(seconds);
-  say(`soak: ${seconds} s of steady load on the function process (RSS every ${every} s)`);
+  say(`soak: ${seconds} s of steady load on the function process (RSS every ${SOAK_SAMPLE_SECONDS} s)`);
   await target.prepare?.();
   const pid = tollgate.gateway.pid;
   const beforeMb = await rssMb(pid);
@@ -646,8 +645,8 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
     const at = (performance.now() - started) / 1000;
     const mb = await rssMb(pid);
     samples.push({ at, mb });
-    say(`  ${at.toFixed(0)} s: RSS ${mb.toFixed(1)} MB`);
-  }, every * 1000);
+    if (samples.length % 30 === 0) say(`  ${at.toFixed(0)} s: RSS ${mb.toFixed(1)} MB`);
+  }, SOAK_SAMPLE_SECONDS * 1000);
   const jobs = [false, true].map((stream) =>
     load(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
   );
