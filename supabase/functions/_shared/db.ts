@@ -62,9 +62,10 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
    * pool with it. postgres.js (3.4.9) can leave a query waiting forever on a connection the
    * server closed while it was starting up, as a restarting database does (porsager/postgres
    * #1193), and every call after it would queue behind it. The next calls get a new pool; the
-   * old one is closed, failing what it still holds. Callers refuse or retry as after any
-   * database error, and the request id makes an admission or a settlement sent again
-   * idempotent.
+   * old one is closed once the calls it still runs are done (those of other callers, if the
+   * database was merely slow), or after another timeout. Callers refuse or retry as after any
+   * database error: the request id makes a settlement sent again idempotent, and an admission
+   * refused is abandoned (settlement.ts), should it commit after all.
    */
   async function answered<T>(call: (client: postgres.Sql) => Promise<T>): Promise<T> {
     const client = sql;
@@ -74,7 +75,7 @@ export function connectLedger(url: string, options: { viaPooler: boolean }): Led
       timer = setTimeout(() => {
         if (sql === client) {
           sql = open();
-          client.end({ timeout: 0 }).catch(() => {});
+          client.end({ timeout: callTimeoutMs / 1000 }).catch(() => {});
         }
         reject(new Error(`the database did not answer within ${callTimeoutMs / 1000} s`));
       }, callTimeoutMs);
