@@ -18,46 +18,82 @@ import { inBackground } from "./runtime.ts";
 const retryDelaysMs = [250, 1000, 2000, 4000, 8000, 15000, 30000];
 
 export function settleInBackground(ledger: Ledger, call: Settlement): void {
-  inBackground(
-    withRetry(`settlement of ${call.request_id}`, () => ledger.settle(call), "the expiry job will charge its estimate"),
-  );
+  inBackground(settleWithRetry(ledger, call));
 }
 
 /**
- * Abandonments go one at a time: they come in bursts when the database fails, each would retry
- * while it is down, and together they would take the pool's connections from the admissions
- * and settlements that still wait for it.
+ * Abandonments wait in one queue, drained one call at a time: they come in bursts when the
+ * database fails, and each retrying on its own while it is down would take the pool's
+ * connections from the admissions and settlements that wait for it. While the database fails,
+ * the queue backs off and tries its oldest again; what has waited longer than a settlement
+ * retries is given up (its reservation, if it made one, expires and is charged at its
+ * estimate), so that a long outage leaves a queue of a minute's refusals, not of all of them.
  */
-const abandonments: (() => Promise<void>)[] = [];
+interface Abandonment {
+  ledger: Ledger;
+  requestId: string;
+  userId: string;
+  /** Date.now() when the call was refused. */
+  since: number;
+}
+const abandonments: Abandonment[] = [];
 let abandoning: Promise<void> | undefined;
+const abandonWithinMs = retryDelaysMs.reduce((sum, delay) => sum + delay, 0);
 
 export function abandonInBackground(ledger: Ledger, requestId: string, userId: string): void {
-  abandonments.push(() =>
-    withRetry(
-      `abandonment of ${requestId}`,
-      () => ledger.abandon(requestId, userId),
-      "a reservation it made will expire and be charged at its estimate",
-    )
-  );
-  abandoning ??= (async () => {
-    while (abandonments.length > 0) await abandonments.shift()!();
-    abandoning = undefined;
-  })();
+  abandonments.push({ ledger, requestId, userId, since: Date.now() });
+  abandoning ??= drainAbandonments();
   inBackground(abandoning);
 }
 
-async function withRetry(what: string, write: () => Promise<void>, otherwise: string): Promise<void> {
+async function drainAbandonments(): Promise<void> {
+  for (let failures = 0;;) {
+    const fresh = abandonments.findIndex((a) => Date.now() - a.since < abandonWithinMs);
+    const stale = abandonments.splice(0, fresh === -1 ? abandonments.length : fresh);
+    if (stale.length > 0) {
+      console.error(
+        `abandonment of ${stale.length} refused requests failed for good (the database did not take it for ` +
+          `${abandonWithinMs / 1000} s); reservations they made will expire and be charged at their estimates`,
+      );
+    }
+    const next = abandonments[0];
+    if (!next) {
+      abandoning = undefined;
+      return;
+    }
+    try {
+      await next.ledger.abandon(next.requestId, next.userId);
+      abandonments.shift();
+      failures = 0;
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (isRejectedInput(error)) {
+        abandonments.shift();
+        console.error(`abandonment of ${next.requestId} failed for good (${message})`);
+        continue;
+      }
+      console.warn(`abandonment of ${next.requestId} failed (${message}); retrying`);
+      await new Promise((resolve) =>
+        setTimeout(resolve, retryDelaysMs[Math.min(failures++, retryDelaysMs.length - 1)])
+      );
+    }
+  }
+}
+
+async function settleWithRetry(ledger: Ledger, call: Settlement): Promise<void> {
   for (let attempt = 0;; attempt++) {
     try {
-      await write();
+      await ledger.settle(call);
       return;
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (attempt >= retryDelaysMs.length || isRejectedInput(error)) {
-        console.error(`${what} failed for good (${message}); ${otherwise}`);
+        console.error(
+          `settlement of ${call.request_id} failed for good (${message}); the expiry job will charge its estimate`,
+        );
         return;
       }
-      console.warn(`${what} failed (${message}); retrying`);
+      console.warn(`settlement of ${call.request_id} failed (${message}); retrying`);
       await new Promise((resolve) => setTimeout(resolve, retryDelaysMs[attempt]));
     }
   }
