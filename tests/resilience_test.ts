@@ -775,8 +775,8 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
         assert.deepEqual([...usage], [{ status: "settled", n: everyAdmitted.length }], "no reservation left behind");
         // Requests refused while the database was down are abandoned (their admissions may have
         // committed): only refused ones.
-        const abandoned = await db<{ request_id: string }[]>`
-        select request_id::text from tollgate.abandoned_requests where user_id = ${userId}`;
+        const abandoned = await db<{ request_id: string; released: boolean }[]>`
+        select request_id::text, released from tollgate.abandoned_requests where user_id = ${userId}`;
         assert.deepEqual(abandoned.filter((a) => !refusedIds.has(a.request_id)), [], "only refused requests abandoned");
         const [sums] = await db`
         select
@@ -790,6 +790,7 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
           `restart: ${everyAdmitted.length} admitted, ${answeredWhileDown.length} refused while down, ` +
             `${pendingSettlements.length} settlements pending during the outage, all settled, ` +
             `${abandoned.length} refused requests abandoned ` +
+            `(${abandoned.filter((a) => a.released).length} had reserved, and were released) ` +
             `(${gateway!.log.filter((line) => /^settlement of .* retrying$/.test(line)).length} retries logged)`,
         );
       },
