@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Anthropic, OpenAI } from "./deps.ts";
+import { until } from "./stack/util.ts";
 import {
   countTokens,
   DEFAULT_API_KEY,
@@ -90,14 +91,6 @@ function parseSse(text: string): SseEvent[] {
 }
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(check: () => boolean, timeoutMs = 2000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("condition not reached");
-    await delay(5);
-  }
-}
 
 /** Reads a body to its end; returns the text read and the error, if any. */
 async function drain(res: Response): Promise<{ text: string; error?: Error }> {

@@ -73,3 +73,12 @@ export function assertPortFree(port: number): void {
     fail(`port ${port} is in use. Stop what listens there, or choose another port (see README).`);
   }
 }
+
+/** Waits until `check` holds, looking every 5 ms; fails after `timeoutMs`. */
+export async function until(check: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`condition not reached within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { Ledger } from "../../supabase/functions/_shared/db.ts";
 import { abandonInBackground } from "../../supabase/functions/_shared/settlement.ts";
+import { until } from "../stack/util.ts";
 
 /** A ledger that abandons after `failures` refusals, one call at a time or it notices. */
 function abandoningLedger(failures: number) {
@@ -17,14 +18,6 @@ function abandoningLedger(failures: number) {
     },
   } as unknown as Ledger;
   return { ledger, abandoned, mostInFlight: () => mostInFlight };
-}
-
-async function until(check: () => boolean, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not done within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 Deno.test("abandonments go one at a time, in order, each once", async () => {
