@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { againOnDeadlock, connectLedger, DEADLOCK_ATTEMPTS } from "../../supabase/functions/_shared/db.ts";
+import {
+  againOnDeadlock,
+  connectLedger,
+  DEADLOCK_ATTEMPTS,
+  mayHaveCommitted,
+} from "../../supabase/functions/_shared/db.ts";
 import { GatewayError } from "../../supabase/functions/_shared/errors.ts";
 
 /** A call that fails with each of `errors` in turn, then answers; counting its attempts. */
@@ -16,7 +21,8 @@ function failing(...errors: unknown[]) {
 }
 
 /** What postgres.js throws for an error the server sent. */
-const serverError = (code: string, message: string) => new postgres.PostgresError({ code, message } as never);
+const serverError = (code: string, message: string, severity = "ERROR") =>
+  new postgres.PostgresError({ code, message, severity } as never);
 const deadlock = serverError("40P01", "deadlock detected");
 
 Deno.test("a call that ended a deadlock is sent again", async () => {
@@ -67,5 +73,42 @@ Deno.test("a database that closes each connection as it opens (as one restarting
     await ledger.close().catch(() => {});
     closing.close();
     await accepting.catch(() => {});
+  }
+});
+
+Deno.test("a call may have committed when its answer was lost, not when the database refused it or was never reached", () => {
+  /** What postgres.js throws when a connection fails (its `Errors.connection`, or node's). */
+  const connectionError = (code: string) => Object.assign(new Error(`write ${code} 127.0.0.1:5432`), { code });
+  const cases: [unknown, boolean][] = [
+    [serverError("22P02", "invalid input syntax for type uuid"), false],
+    [serverError("57014", "canceling statement due to statement timeout"), false],
+    [serverError("57P03", "the database system is starting up", "FATAL"), false],
+    [serverError("53300", "sorry, too many clients already", "FATAL"), false],
+    [connectionError("ECONNREFUSED"), false],
+    [connectionError("CONNECT_TIMEOUT"), false],
+    // The session was ended while the call ran: its commit may have gone through.
+    [serverError("57P01", "terminating connection due to administrator command", "FATAL"), true],
+    [connectionError("CONNECTION_CLOSED"), true],
+    [connectionError("ECONNRESET"), true],
+    [new Error("the database did not answer within 5 s"), true],
+  ];
+  for (const [error, expected] of cases) {
+    assert.equal(mayHaveCommitted(error), expected, (error as Error).message);
+  }
+});
+
+Deno.test("an admission refused because the database could not be reached is known not to have committed", async () => {
+  const vacant = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = vacant.addr as Deno.NetAddr;
+  vacant.close();
+  const ledger = connectLedger(`postgresql://postgres:postgres@127.0.0.1:${port}/postgres`, { viaPooler: false });
+  try {
+    await assert.rejects(ledger.admit({ request_id: crypto.randomUUID() }), (error) => {
+      assert.ok(error instanceof GatewayError && error.code === "database_unavailable");
+      assert.equal(mayHaveCommitted(error.cause), false);
+      return true;
+    });
+  } finally {
+    await ledger.close().catch(() => {});
   }
 });

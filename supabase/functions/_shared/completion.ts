@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import type { Caller } from "./auth.ts";
 import { type Answer, type CallPlan, clientGone, dispatch, DispatchFailure, sleep, type Timeouts } from "./dispatch.ts";
+import { mayHaveCommitted } from "./db.ts";
 import { errorResponse, GatewayError, type WireFormat } from "./errors.ts";
 import type { Context } from "./gateway.ts";
 import { limitHeaders, readJson } from "./http.ts";
@@ -143,7 +144,7 @@ const defaultProvider = (model: string) => model.startsWith("claude") ? "anthrop
  * Admission, waiting in the provider queue for as long as it answers `queued`: the same request
  * id asks again after each poll interval, so the ticket keeps its place. A caller that leaves
  * takes its ticket out of the queue at once. The wait counts against the request's deadline.
- * An admission the database did not answer is abandoned: it may have reserved all the same.
+ * An admission whose answer was lost is abandoned: it may have reserved all the same.
  */
 async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal): Promise<Admission> {
   const request = admissionRequest(call, context.requestId, false);
@@ -155,7 +156,7 @@ async function admitInTurn(context: Context, call: Incoming, signal: AbortSignal
     );
   for (;;) {
     const admission = await context.ledger.admit(request).catch((error) => {
-      if (error instanceof GatewayError && error.code === "database_unavailable") {
+      if (error instanceof GatewayError && error.code === "database_unavailable" && mayHaveCommitted(error.cause)) {
         abandonInBackground(context.ledger, context.requestId, call.caller.userId);
       }
       throw error;

@@ -215,6 +215,25 @@ export async function againOnDeadlock<T>(call: () => Promise<T>): Promise<T> {
 /** An error the server sent about a statement, as opposed to a connection lost or never made. */
 const refusedByDatabase = (error: unknown) => error instanceof postgres.PostgresError;
 
+/**
+ * Whether a call that failed with `error` may have committed all the same: yes when its answer
+ * was lost (the connection dropped mid-call, no answer in time), no when the call certainly did
+ * nothing. That is when the server refused the statement (an ERROR rolls back the call's own
+ * transaction) or turned the session away as it opened (starting up, too many connections), or
+ * when the connection could not be made: postgres.js sends a query only once its connection is
+ * ready.
+ */
+export function mayHaveCommitted(error: unknown): boolean {
+  if (error instanceof postgres.PostgresError) {
+    return error.severity !== "ERROR" && !sessionRefusedCodes.has(error.code);
+  }
+  const code = (error as { code?: unknown } | null)?.code;
+  return code !== "ECONNREFUSED" && code !== "CONNECT_TIMEOUT";
+}
+
+/** cannot_connect_now (the server is starting or shutting down), too_many_connections. */
+const sessionRefusedCodes = new Set(["57P03", "53300"]);
+
 /** Admission without a database cannot meter the call: refuse it (fail closed). */
 function unavailable(error: unknown): never {
   // The database answered, refusing a value (a NUL in a string, say): the request is at fault.
@@ -231,5 +250,6 @@ function unavailable(error: unknown): never {
     code: "database_unavailable",
     message: "The gateway cannot reach its database, so it cannot meter this call; try again shortly.",
     headers: { "retry-after": "5" },
+    cause: error,
   });
 }

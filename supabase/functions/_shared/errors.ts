@@ -15,6 +15,8 @@ export interface GatewayErrorInit {
   /** The request field at fault (dotted path), when there is one. */
   param?: string;
   headers?: Record<string, string>;
+  /** The failure underneath, for the gateway's own decisions and logs; never sent to the client. */
+  cause?: unknown;
 }
 
 export class GatewayError extends Error {
@@ -24,7 +26,7 @@ export class GatewayError extends Error {
   readonly headers: Record<string, string>;
 
   constructor(init: GatewayErrorInit) {
-    super(init.message);
+    super(init.message, { cause: init.cause });
     this.name = "GatewayError";
     this.status = init.status;
     this.code = init.code;
