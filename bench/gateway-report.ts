@@ -68,12 +68,25 @@ export interface Cell {
   upstream?: UpstreamCheck;
 }
 
+/** The function process's memory at one moment, in MB. */
+export interface Memory {
+  /** The process's resident set (VmRSS). */
+  rss: number;
+  /**
+   * Its isolate's used V8 heap plus external memory: what Supabase's edge runtime counts
+   * against a worker's 256 MB. Most of the RSS is the Deno runtime, which the platform shares
+   * between workers.
+   */
+  isolate: number;
+}
+
 export interface Soak {
   seconds: number;
-  samples: { at: number; mb: number }[];
-  freshMb: number;
-  beforeMb: number;
-  afterIdleMb: number;
+  /** `at`: seconds since the soak started. */
+  samples: ({ at: number } & Memory)[];
+  fresh: Memory;
+  before: Memory;
+  afterIdle: Memory;
   served: number;
   errors: Record<string, number>;
   perSecond: number[];
@@ -103,17 +116,18 @@ export const SOAK_SAMPLE_SECONDS = 1;
 
 /**
  * Steady start and end: the medians of the first and the last minute of samples under load
- * (a shorter soak: of its first and last sixth). RSS follows the garbage collector in a
+ * (a shorter soak: of its first and last sixth). Memory follows the garbage collector in a
  * sawtooth some 30 MB deep, so one sample against another would judge where each fell in it.
- * Slope: over the second half.
+ * Slope: over the second half. Peak: the highest sample.
  */
-function soakTrend(soak: Soak): { start: number; end: number; slope: number } {
+function soakTrend(soak: Soak, of: keyof Memory): { start: number; end: number; slope: number; peak: number } {
   const underLoad = soak.samples.length > 2 ? soak.samples.slice(1, -1) : soak.samples;
   const span = Math.max(1, Math.min(Math.round(60 / SOAK_SAMPLE_SECONDS), Math.floor(underLoad.length / 6)));
   return {
-    start: median(underLoad.slice(0, span).map((s) => s.mb)),
-    end: median(underLoad.slice(-span).map((s) => s.mb)),
-    slope: slopePerMinute(soak.samples.filter((s) => s.at >= soak.seconds / 2)),
+    start: median(underLoad.slice(0, span).map((s) => s[of])),
+    end: median(underLoad.slice(-span).map((s) => s[of])),
+    slope: slopePerMinute(soak.samples.filter((s) => s.at >= soak.seconds / 2).map((s) => ({ at: s.at, mb: s[of] }))),
+    peak: Math.max(...soak.samples.map((s) => s[of])),
   };
 }
 
@@ -124,7 +138,7 @@ function median(values: number[]): number {
 }
 
 /**
- * Theil–Sen slope of RSS over time, in MB per minute: the median of the slopes between every
+ * Theil–Sen slope of memory over time, in MB per minute: the median of the slopes between every
  * pair of samples. A least-squares fit follows the garbage collector's sawtooth: one sample
  * 25 MB high at the end of 30 tilts it by about 1 MB/min, while the median of the pairwise
  * slopes moves only when most of the series rises.
@@ -372,7 +386,7 @@ export function report(
     }
   }
   if (soak) {
-    const { start, end, slope } = soakTrend(soak);
+    const { start, end, slope } = soakTrend(soak, "rss");
     const growth = (end - start) / start;
     const flat = growth <= 0.1 && !(slope > 1);
     line(
@@ -381,6 +395,12 @@ export function report(
         `(${signed(growth * 100)}%), ${signed(slope)} MB/min | ${verdict(flat)}${
           soak.seconds < 600 ? " (short soak: run `--soak 600` for the real test)" : ""
         } |`,
+    );
+    const isolate = soakTrend(soak, "isolate");
+    line(
+      `| The function's isolate within the edge runtime's 256 MB (used V8 heap + external memory, peak during the ` +
+        `soak) | ${f1(isolate.peak)} MB (steady ${f1(isolate.start)} → ${f1(isolate.end)} MB) | ` +
+        `${verdict(isolate.peak < 256)} |`,
     );
   }
   if (accounting) {
@@ -394,8 +414,8 @@ export function report(
   line();
 
   if (soak) {
-    const { start, end, slope } = soakTrend(soak);
-    const peak = Math.max(...soak.samples.map((s) => s.mb));
+    const rss = soakTrend(soak, "rss");
+    const isolate = soakTrend(soak, "isolate");
     const tenths = Array.from({ length: 10 }, (_, i) => {
       const slice = soak.perSecond.slice(
         Math.floor(i * soak.perSecond.length / 10),
@@ -407,21 +427,25 @@ export function report(
     line();
     line(
       "Load: 10 closed-loop workers (5 non-streamed, 5 streamed) for the whole soak, the same requests and " +
-        `users as above; VmRSS of the function's process from /proc every ${SOAK_SAMPLE_SECONDS} s. ` +
-        "Steady start and end are the medians of the samples of the first and the last minute under the soak's " +
-        "own load (of a sixth, in a shorter soak), as RSS follows the garbage collector up and down; the value " +
-        "before the first still carries what the concurrency-50 cells left.",
+        `users as above; every ${SOAK_SAMPLE_SECONDS} s, VmRSS of the function's process from /proc, and its ` +
+        "isolate's used V8 heap plus external memory (`Deno.memoryUsage()`, asked from the function's server), " +
+        "which is what Supabase's edge runtime holds to 256 MB per worker; most of the RSS is the Deno runtime " +
+        "itself, shared between workers there. Steady start and end are the medians of the samples of the first " +
+        "and the last minute under the soak's own load (of a sixth, in a shorter soak), as memory follows the " +
+        "garbage collector up and down; the value before the first still carries what the concurrency-50 cells left.",
     );
     line();
-    line("| RSS (MB) | |");
-    line("|---|---:|");
-    line(`| fresh process, before any request | ${f1(soak.freshMb)} |`);
-    line(`| soak start, right after the benchmark cells | ${f1(soak.beforeMb)} |`);
-    line(`| steady start (median of the first minute under load) | ${f1(start)} |`);
-    line(`| peak during the soak | ${f1(peak)} |`);
-    line(`| soak end (median of the last minute under load) | ${f1(end)} |`);
-    line(`| 5 s after the load stopped | ${f1(soak.afterIdleMb)} |`);
-    line(`| slope over the second half (Theil–Sen) | ${signed(slope)} MB/min |`);
+    line("| MB | RSS | isolate (heap used + external) |");
+    line("|---|---:|---:|");
+    const row = (what: string, rssMb: number, isolateMb: number) =>
+      line(`| ${what} | ${f1(rssMb)} | ${f1(isolateMb)} |`);
+    row("fresh process, before any request", soak.fresh.rss, soak.fresh.isolate);
+    row("soak start, right after the benchmark cells", soak.before.rss, soak.before.isolate);
+    row("steady start (median of the first minute under load)", rss.start, isolate.start);
+    row("peak during the soak", rss.peak, isolate.peak);
+    row("soak end (median of the last minute under load)", rss.end, isolate.end);
+    row("5 s after the load stopped", soak.afterIdle.rss, soak.afterIdle.isolate);
+    line(`| slope over the second half (Theil–Sen), MB/min | ${signed(rss.slope)} | ${signed(isolate.slope)} |`);
     line();
     line(
       `Served ${soak.served} calls (${(soak.served / soak.seconds).toFixed(0)}/s), ` +
@@ -433,7 +457,11 @@ export function report(
     line();
     // Every tenth sample: the slope and the medians above use them all.
     const shown = soak.samples.filter((_, i) => i % 10 === 0 || i === soak.samples.length - 1);
-    line(`Samples, one in ten (s: MB): ${shown.map((s) => `${s.at.toFixed(0)}: ${s.mb.toFixed(1)}`).join(", ")}.`);
+    line(
+      `Samples, one in ten (s: RSS / isolate MB): ${
+        shown.map((s) => `${s.at.toFixed(0)}: ${s.rss.toFixed(1)} / ${s.isolate.toFixed(1)}`).join(", ")
+      }.`,
+    );
     line();
   }
   return out.join("\n");

@@ -26,6 +26,7 @@ import { type LoadJob, type LoadResult } from "./load.ts";
 import {
   type Accounting,
   type Cell,
+  type Memory,
   report,
   type Soak,
   SOAK_SAMPLE_SECONDS,
@@ -34,7 +35,7 @@ import {
 } from "./gateway-report.ts";
 import { cpuMs, machineBusyMs, rssMb, withChildren } from "./proc.ts";
 import { startStack } from "../tests/stack/stack.ts";
-import { startGateway } from "../tests/stack/gateway.ts";
+import { type GatewayProcess, startGateway } from "../tests/stack/gateway.ts";
 import { signAccessToken } from "../tests/stack/keys.ts";
 import { freePort } from "../tests/stack/util.ts";
 import { providerKeys } from "../supabase/functions/_shared/providers/keys.ts";
@@ -463,7 +464,7 @@ async function main(): Promise<void> {
         soak,
         accounting,
         versions,
-        tollgate?.freshMb,
+        tollgate?.fresh.rss,
       ),
     );
     say(`section written to ${args.out}`);
@@ -519,7 +520,7 @@ async function startTollgate(dataDir: string, providerUrl: string) {
   });
   // The stack's own function process stays idle; ours is the one measured, with a known pid.
   const gateway = await startGateway(stack.functionEnv);
-  const freshMb = await rssMb(gateway.pid);
+  const fresh = await memoryOf(gateway);
   const admin = postgres(stack.adminDbUrl, { max: 1, onnotice: () => {} });
   const stop = async () => {
     await admin.end();
@@ -578,7 +579,7 @@ async function startTollgate(dataDir: string, providerUrl: string) {
       gateway,
       postmaster,
       tokens,
-      freshMb,
+      fresh,
       postgresVersion: version as string,
       stop,
       /**
@@ -630,22 +631,32 @@ async function startTollgate(dataDir: string, providerUrl: string) {
   }
 }
 
-/** Steady mixed load (half the workers streaming) on the function process, sampling its RSS. */
+/** The function process's resident memory, and its isolate's as the edge runtime counts it. */
+async function memoryOf(gateway: GatewayProcess): Promise<Memory> {
+  const [rss, usage] = await Promise.all([
+    rssMb(gateway.pid),
+    fetch(`${gateway.url}/_stack/memory`).then((r) => r.json() as Promise<{ heapUsed: number; external: number }>),
+  ]);
+  return { rss, isolate: (usage.heapUsed + usage.external) / 2 ** 20 };
+}
+
+/** Steady mixed load (half the workers streaming) on the function process, sampling its memory. */
 async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof startTollgate>>): Promise<Soak> {
   const seconds = settings.soakSeconds;
-  say(`soak: ${seconds} s of steady load on the function process (RSS every ${SOAK_SAMPLE_SECONDS} s)`);
+  say(`soak: ${seconds} s of steady load on the function process (memory every ${SOAK_SAMPLE_SECONDS} s)`);
   await target.prepare?.();
-  const pid = tollgate.gateway.pid;
-  const beforeMb = await rssMb(pid);
-  const samples = [{ at: 0, mb: beforeMb }];
+  const before = await memoryOf(tollgate.gateway);
+  const samples = [{ at: 0, ...before }];
   const cpuBefore = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0);
   const busyBefore = machineBusyMs();
   const started = performance.now();
   const sampler = setInterval(async () => {
     const at = (performance.now() - started) / 1000;
-    const mb = await rssMb(pid);
-    samples.push({ at, mb });
-    if (samples.length % 30 === 0) say(`  ${at.toFixed(0)} s: RSS ${mb.toFixed(1)} MB`);
+    const memory = await memoryOf(tollgate.gateway);
+    samples.push({ at, ...memory });
+    if (samples.length % 30 === 0) {
+      say(`  ${at.toFixed(0)} s: RSS ${memory.rss.toFixed(1)} MB, isolate ${memory.isolate.toFixed(1)} MB`);
+    }
   }, SOAK_SAMPLE_SECONDS * 1000);
   const jobs = [false, true].map((stream) =>
     load(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
@@ -656,11 +667,11 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
   const ours = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0) - cpuBefore +
     results.reduce((sum, r) => sum + r.cpuMs, 0);
   const otherCores = Math.max(0, machineBusyMs() - busyBefore - ours) / wallMs;
-  samples.push({ at: (performance.now() - started) / 1000, mb: await rssMb(pid) });
+  samples.push({ at: (performance.now() - started) / 1000, ...await memoryOf(tollgate.gateway) });
   await tollgate.drain();
   // Idle for a moment, then once more: what is left when the load is gone.
   await new Promise((resolve) => setTimeout(resolve, 5000));
-  const afterIdleMb = await rssMb(pid);
+  const afterIdle = await memoryOf(tollgate.gateway);
   const errors: Record<string, number> = {};
   for (const r of results) for (const [k, n] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + n;
   // The last second is cut short by the end of the soak: it is left out.
@@ -669,9 +680,9 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
   return {
     seconds,
     samples,
-    freshMb: tollgate.freshMb,
-    beforeMb,
-    afterIdleMb,
+    fresh: tollgate.fresh,
+    before,
+    afterIdle,
     served: results.reduce((sum, r) => sum + r.ok, 0),
     errors,
     perSecond,

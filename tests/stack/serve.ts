@@ -2,6 +2,7 @@
  * Serves the `ai` edge function the way Supabase does, without Docker:
  *   /functions/v1/ai/...              -> the function (which sees the path as /ai/...)
  *   /auth/v1/.well-known/jwks.json    -> the project's public signing keys
+ *   /_stack/memory                    -> the function's isolate memory (for the benchmark's soak)
  * and gives it what the edge runtime provides: `EdgeRuntime.waitUntil` and the
  * `SUPABASE_*` environment (set by the caller). The function's code has no local branch.
  *
@@ -33,6 +34,13 @@ const server = Deno.serve({
   const url = new URL(request.url);
   if (url.pathname === "/auth/v1/.well-known/jwks.json") {
     return new Response(jwks, { headers: { "content-type": "application/json" } });
+  }
+  if (url.pathname === "/_stack/memory") {
+    // What Supabase's edge runtime counts against a worker's 256 MB: its used V8 heap and its
+    // external memory (array buffers), not the process's RSS, most of which here is the Deno
+    // runtime itself (the platform shares it between workers).
+    const { heapUsed, external } = Deno.memoryUsage();
+    return Response.json({ heapUsed, external });
   }
   if (url.pathname.startsWith("/functions/v1/")) {
     url.pathname = url.pathname.slice("/functions/v1".length);
