@@ -88,6 +88,9 @@ Deno.test("a call may have committed when its answer was lost, not when the data
     [connectionError("CONNECT_TIMEOUT"), false],
     // The session was ended while the call ran: its commit may have gone through.
     [serverError("57P01", "terminating connection due to administrator command", "FATAL"), true],
+    // A pooler's word for a server connection it lost.
+    [serverError("08006", "server connection lost"), true],
+    [serverError("XX000", "internal error"), true],
     [connectionError("CONNECTION_CLOSED"), true],
     [connectionError("ECONNRESET"), true],
     [new Error("the database did not answer within 5 s"), true],

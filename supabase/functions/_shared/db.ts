@@ -221,11 +221,13 @@ const refusedByDatabase = (error: unknown) => error instanceof postgres.Postgres
  * nothing. That is when the server refused the statement (an ERROR rolls back the call's own
  * transaction) or turned the session away as it opened (starting up, too many connections), or
  * when the connection could not be made: postgres.js sends a query only once its connection is
- * ready.
+ * ready. An ERROR about the connection or the system (classes 08, 58, XX) may come from a pooler
+ * that lost its server connection mid-call: that one may have committed.
  */
 export function mayHaveCommitted(error: unknown): boolean {
   if (error instanceof postgres.PostgresError) {
-    return error.severity !== "ERROR" && !sessionRefusedCodes.has(error.code);
+    const refusedStatement = error.severity === "ERROR" && !/^(08|58|XX)/.test(error.code);
+    return !refusedStatement && !sessionRefusedCodes.has(error.code);
   }
   const code = (error as { code?: unknown } | null)?.code;
   return code !== "ECONNREFUSED" && code !== "CONNECT_TIMEOUT";
