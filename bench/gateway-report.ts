@@ -308,7 +308,10 @@ export function report(
 
   line("### Goals, as measured in this run");
   line();
-  line("Issue 7's goals, and upstream discipline's: the queue costs close to nothing when there is no contention.");
+  line(
+    "Issue 7's goals; upstream discipline's (the queue costs close to nothing when there is no contention); and " +
+      "the hosted platform's memory limit per worker.",
+  );
   line();
   line("| goal | measured | met? |");
   line("|---|---|---|");
