@@ -9,8 +9,9 @@
  *
  * A batch is all or nothing. When the database refuses it, each of its elements is sent again
  * alone (`runOne`), so every caller gets its own answer or its own error, and one bad element
- * never fails the others. When the database could not be reached, every element fails with the
- * batch: sent alone, they would only wait for it again, each taking a connection.
+ * never fails the others. When the database could not be reached, or the batch's answer was lost
+ * (it may have committed: see `mayHaveCommitted` in db.ts), every element fails with the batch:
+ * sent alone, they would only wait for the database again, each taking a connection.
  */
 
 /**
@@ -26,7 +27,7 @@ export interface GroupCommit<In, Out> {
   maxInFlight: number;
   /** How long the oldest waiting call waits for company before a batch goes (0: none). */
   collectMs: number;
-  /** Whether the database answered with this error, so that one element may be at fault. */
+  /** Whether the database refused the batch (it rolled back), so that one element may be at fault. */
   refusedByDatabase(error: unknown): boolean;
 }
 

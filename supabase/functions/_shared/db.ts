@@ -212,23 +212,25 @@ export async function againOnDeadlock<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
-/** An error the server sent about a statement, as opposed to a connection lost or never made. */
-const refusedByDatabase = (error: unknown) => error instanceof postgres.PostgresError;
+/**
+ * The server refused the call's statement: an ERROR, which rolled back the call's own
+ * transaction, and in a batch one element may be at fault. Not an ERROR about the connection or
+ * the system (classes 08, 58, XX), as a pooler sends for a server connection it lost mid-call,
+ * nor a session the server ended or turned away (FATAL).
+ */
+const refusedByDatabase = (error: unknown) =>
+  error instanceof postgres.PostgresError && error.severity === "ERROR" && !/^(08|58|XX)/.test(error.code);
 
 /**
  * Whether a call that failed with `error` may have committed all the same: yes when its answer
  * was lost (the connection dropped mid-call, no answer in time), no when the call certainly did
- * nothing. That is when the server refused the statement (an ERROR rolls back the call's own
- * transaction) or turned the session away as it opened (starting up, too many connections), or
- * when the connection could not be made: postgres.js sends a query only once its connection is
- * ready. An ERROR about the connection or the system (classes 08, 58, XX) may come from a pooler
- * that lost its server connection mid-call: that one may have committed.
+ * nothing. That is when the server refused the statement, or turned the session away as it
+ * opened (starting up, too many connections), or when the connection could not be made:
+ * postgres.js sends a query only once its connection is ready.
  */
 export function mayHaveCommitted(error: unknown): boolean {
-  if (error instanceof postgres.PostgresError) {
-    const refusedStatement = error.severity === "ERROR" && !/^(08|58|XX)/.test(error.code);
-    return !refusedStatement && !sessionRefusedCodes.has(error.code);
-  }
+  if (refusedByDatabase(error)) return false;
+  if (error instanceof postgres.PostgresError) return !sessionRefusedCodes.has(error.code);
   const code = (error as { code?: unknown } | null)?.code;
   return code !== "ECONNREFUSED" && code !== "CONNECT_TIMEOUT";
 }
