@@ -773,8 +773,8 @@ resilience("resilience: Postgres restarted mid-load — fail closed while down, 
         const usage = await db<{ status: string; n: number }[]>`
         select status, count(*)::int as n from public.api_usage where user_id = ${userId} group by status`;
         assert.deepEqual([...usage], [{ status: "settled", n: everyAdmitted.length }], "no reservation left behind");
-        // Requests refused while the database was down are abandoned (their admissions may have
-        // committed): only refused ones.
+        // Requests refused while the database was down are abandoned when their admissions may
+        // have committed (the answer lost, not a connection refused): refused ones only.
         const abandoned = await db<{ request_id: string; released: boolean }[]>`
         select request_id::text, released from tollgate.abandoned_requests where user_id = ${userId}`;
         assert.deepEqual(abandoned.filter((a) => !refusedIds.has(a.request_id)), [], "only refused requests abandoned");
