@@ -185,8 +185,10 @@ export function report(
   line(
     `- Per cell: ${settings.requestsAtOne} measured requests at concurrency 1, ${settings.requests} at 10 and 50, ` +
       "after a warm-up of max(50, 10 × concurrency) requests; before the first cell, a warm-up round of " +
-      "1,000 plain and 1,000 streamed requests per target. Closed loop: each of the concurrent workers sends " +
-      "its next request when the previous answer is complete.",
+      `1,000 plain and 1,000 streamed requests per target (Tollgate: ${settings.users.toLocaleString("en")} of ` +
+      "each, one per user, so that every user's access token has been verified once, as a signed-in user's is " +
+      "after their first call). Closed loop: each of the concurrent workers sends its next request when the " +
+      "previous answer is complete.",
   );
   line(
     "- Client: bench/load.ts, Deno `fetch` with keep-alive, its own process. Every server is its own " +
