@@ -1011,6 +1011,7 @@ begin
   end if;
 
   delete from public.api_usage as u where u.request_id = abandon.request_id;
+  -- No call to count (calls through unpriced_calls: 17 zeros), only the reservation to release.
   perform tollgate.apply_usage_deltas(array[row(
     v_usage.user_id, (v_usage.created_at at time zone 'UTC')::date, v_usage.provider, v_usage.model,
     v_usage.feature, v_usage.budget_ids, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

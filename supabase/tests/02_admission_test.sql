@@ -6,21 +6,7 @@
 begin;
 select plan(85);
 
--- Test users. Hosted Supabase's `postgres` may insert into auth.users; the local
--- stack grants that to service_role (which postgres is a member of), so switch.
-create function pg_temp.new_user(email text, anonymous boolean default false)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email, is_anonymous) values (v_id, 'authenticated', 'authenticated', email, anonymous);
-  reset role;
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- A request for `user_id`, with `extra` keys merged over the defaults.
 create function pg_temp.admit(user_id uuid, extra jsonb default '{}')
@@ -378,7 +364,7 @@ select is(pg_temp.admit((select id from ids where name = 'main'), '{"feature": "
 -- ----------------------------------------------------------------------------
 select is(pg_temp.admit(pg_temp.new_user('anon1@test'), '{"is_anonymous": true}') ->> 'tier', 'anonymous',
   'an anonymous sign-in (per the JWT) is on the `anonymous` tier');
-select is(pg_temp.admit(pg_temp.new_user('anon2@test', true)) ->> 'tier', 'anonymous',
+select is(pg_temp.admit(pg_temp.new_user('anon2@test', anonymous => true)) ->> 'tier', 'anonymous',
   'auth.users.is_anonymous counts even if the request says otherwise');
 select is((select jsonb_build_array(u -> 'tier', u #> '{windows,0,remaining}', u #> '{windows,1,remaining}')
   from tollgate.usage((select id from ids where name = 'free')) as u),

@@ -8,20 +8,7 @@
 begin;
 select plan(63);
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  insert into tollgate.user_plans (user_id, tier) values (v_id, 'test');
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- Admits a request (estimate: 100 + 100 tokens, 0.001 USD) and returns its id.
 create function pg_temp.reserve(user_id uuid, extra jsonb default '{}')
@@ -49,7 +36,7 @@ update tollgate.budgets set monthly_limit_usd = 1000 where scope = 'global';
 
 create temporary table ids (name text primary key, id uuid) on commit drop;
 create temporary table r (name text primary key, a jsonb) on commit drop;
-insert into ids values ('user', pg_temp.new_user('settle@test'));
+insert into ids values ('user', pg_temp.new_user('settle@test', 'test'));
 insert into ids values ('req1', pg_temp.reserve((select id from ids where name = 'user')));
 
 -- ----------------------------------------------------------------------------
@@ -290,7 +277,7 @@ select is(pg_temp.settle((select id from ids where name = 'late'), (select id fr
 -- ----------------------------------------------------------------------------
 -- Abandoned requests: the function refused them after an admission without an answer
 -- ----------------------------------------------------------------------------
-insert into ids values ('abandoner', pg_temp.new_user('abandon@test'));
+insert into ids values ('abandoner', pg_temp.new_user('abandon@test', 'test'));
 insert into ids values ('kept', pg_temp.reserve((select id from ids where name = 'abandoner')));
 insert into ids values ('gone', pg_temp.reserve((select id from ids where name = 'abandoner')));
 select is(tollgate.abandon((select id from ids where name = 'gone'), (select id from ids where name = 'abandoner')),

@@ -7,20 +7,7 @@ begin;
 select plan(18);
 set local timezone = 'UTC';
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  insert into tollgate.user_plans (user_id, tier) values (v_id, 'test');
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 insert into tollgate.tiers (name, max_output_tokens) values ('test', 4096);
 insert into tollgate.tier_windows (tier, name, window_seconds, max_requests) values ('test', 'minute', 60, 1000);
@@ -30,7 +17,7 @@ update tollgate.budgets set monthly_limit_usd = 1000 where scope = 'global';
 -- A history: 3 users, 3 features, 4 models on 2 providers, 6 days, every status, cache
 -- hits, fallbacks, reservations that expire (one of them settled late after all).
 create temporary table users_ on commit drop as
-  select g as n, pg_temp.new_user('views' || g || '@test') as id from generate_series(0, 2) as g;
+  select g as n, pg_temp.new_user('views' || g || '@test', 'test') as id from generate_series(0, 2) as g;
 do $$
 declare
   v_i integer;

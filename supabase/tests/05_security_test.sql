@@ -7,19 +7,7 @@
 begin;
 select plan(45);
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- Two users, each with a settled call and an open reservation.
 create temporary table users_ (name text primary key, id uuid) on commit drop;

@@ -7,20 +7,7 @@
 begin;
 select plan(25);
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  insert into tollgate.user_plans (user_id, tier) values (v_id, 'test');
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 create function pg_temp.reserve(user_id uuid)
 returns uuid
@@ -45,7 +32,7 @@ insert into tollgate.tier_windows (tier, name, window_seconds, max_requests) val
 update tollgate.budgets set monthly_limit_usd = 1000 where scope = 'global';
 
 create temporary table ids (name text primary key, id uuid) on commit drop;
-insert into ids values ('user', pg_temp.new_user('jobs@test'));
+insert into ids values ('user', pg_temp.new_user('jobs@test', 'test'));
 insert into ids values ('stale1', pg_temp.reserve((select id from ids where name = 'user')));
 insert into ids values ('stale2', pg_temp.reserve((select id from ids where name = 'user')));
 insert into ids values ('young', pg_temp.reserve((select id from ids where name = 'user')));

@@ -8,19 +8,7 @@
 begin;
 select plan(82);
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- A budget's month-to-date spend, as settlement would have left it in the rollup.
 create function pg_temp.spend(budget_id bigint, amount numeric, month date default date_trunc('month', now() at time zone 'UTC')::date)

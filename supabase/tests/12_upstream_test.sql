@@ -18,20 +18,7 @@ set local timezone = 'UTC';
 create temporary table ids (name text primary key, id uuid) on commit drop;
 create temporary table t (name text primary key, a jsonb) on commit drop;
 
-create function pg_temp.new_user(email text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  insert into tollgate.user_plans (user_id, tier) values (v_id, 'test');
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- The fixed clock: `secs` seconds after 2031-01-01 12:00 UTC.
 create function pg_temp.at(secs numeric)
@@ -139,7 +126,7 @@ insert into tollgate.route_targets (route_model, position, provider, model) valu
   ('pgtap-up-model', 2, 'pgtap-up-fb', 'fb-large'),
   ('pgtap-up-mini', 1, 'pgtap-up-spare', 'up-mini');
 
-insert into ids values ('user', pg_temp.new_user('upstream@test'));
+insert into ids values ('user', pg_temp.new_user('upstream@test', 'test'));
 
 -- ----------------------------------------------------------------------------
 -- Configuration: the seeded classes and settings; features may be `batch`

@@ -6,20 +6,7 @@
 begin;
 select plan(38);
 
-create function pg_temp.new_user(email text, tier text)
-returns uuid
-language plpgsql
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-begin
-  set local role service_role;
-  insert into auth.users (id, aud, role, email) values (v_id, 'authenticated', 'authenticated', email);
-  reset role;
-  insert into tollgate.user_plans (user_id, tier) values (v_id, tier);
-  return v_id;
-end;
-$$;
+\ir helpers.psql
 
 -- A request for `user_id` (estimate: 100 + 100 tokens, 0.001 USD), with `extra` merged over it.
 create function pg_temp.request(user_id uuid, extra jsonb default '{}')

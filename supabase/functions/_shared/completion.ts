@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Caller } from "./auth.ts";
-import { type Answer, type CallPlan, clientGone, dispatch, DispatchFailure, sleep, type Timeouts } from "./dispatch.ts";
+import { type Answer, type CallPlan, clientGone, dispatch, DispatchFailure, type Timeouts } from "./dispatch.ts";
 import { mayHaveCommitted } from "./db.ts";
 import { errorResponse, GatewayError, type WireFormat } from "./errors.ts";
 import type { Context } from "./gateway.ts";
@@ -23,7 +23,7 @@ import {
   openaiChatRequestSchema,
   parseRequest,
 } from "./schemas.ts";
-import { inBackground } from "./runtime.ts";
+import { inBackground, sleep } from "./runtime.ts";
 import { abandonInBackground, settleInBackground } from "./settlement.ts";
 import { clientStream, type StreamEnd } from "./streaming.ts";
 import { emptyUsage, type Usage } from "./usage.ts";

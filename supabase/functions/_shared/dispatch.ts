@@ -12,6 +12,7 @@ import { type ProviderEndpoint, providerEndpoints } from "./providers/registry.t
 import { withStreamUsage } from "./providers/openai.ts";
 import { anthropicToOpenAIRequest, openaiToAnthropicRequest } from "./providers/translate/requests.ts";
 import { isRetryableStatus, nextDelay, retryAfterMs } from "./retry.ts";
+import { sleep } from "./runtime.ts";
 import type { AnthropicMessagesRequest, OpenAIChatRequest } from "./schemas.ts";
 import type { UpstreamBody } from "./streaming.ts";
 
@@ -268,17 +269,3 @@ function upstreamRejected(status: number, detail: string): GatewayError {
 
 export const clientGone = () =>
   new GatewayError({ status: 499, code: "client_closed", message: "The client went away." });
-
-/** Waits `ms`, or less when `signal` aborts first. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
-}

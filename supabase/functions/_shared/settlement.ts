@@ -12,7 +12,7 @@
  */
 import type { Ledger } from "./db.ts";
 import type { Settlement } from "./ledger.ts";
-import { inBackground } from "./runtime.ts";
+import { inBackground, sleep } from "./runtime.ts";
 
 // About a minute in all: long enough to ride out a database restart or failover.
 const retryDelaysMs = [250, 1000, 2000, 4000, 8000, 15000, 30000];
@@ -73,9 +73,7 @@ async function drainAbandonments(): Promise<void> {
         continue;
       }
       console.warn(`abandonment of ${next.requestId} failed (${message}); retrying`);
-      await new Promise((resolve) =>
-        setTimeout(resolve, retryDelaysMs[Math.min(failures++, retryDelaysMs.length - 1)])
-      );
+      await sleep(retryDelaysMs[Math.min(failures++, retryDelaysMs.length - 1)]);
     }
   }
 }
@@ -94,7 +92,7 @@ async function settleWithRetry(ledger: Ledger, call: Settlement): Promise<void> 
         return;
       }
       console.warn(`settlement of ${call.request_id} failed (${message}); retrying`);
-      await new Promise((resolve) => setTimeout(resolve, retryDelaysMs[attempt]));
+      await sleep(retryDelaysMs[attempt]);
     }
   }
 }
