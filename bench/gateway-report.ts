@@ -13,6 +13,8 @@ const targetLabels: Record<TargetName, string> = {
   "tollgate-queue": "tollgate (queue on, no contention)",
 };
 
+const targetOrder = Object.keys(targetLabels) as TargetName[];
+
 /** What the report says about how the numbers were taken. */
 export interface ReportSettings {
   concurrencies: number[];
@@ -205,8 +207,8 @@ export function report(
       "settled (the settle lag column).",
   );
   line(
-    `- Tollgate (queue on, no contention): the same function process and users, measured right after the ` +
-      "tollgate row of each cell, with upstream discipline switched on: the provider keys the function registers " +
+    `- Tollgate (queue on, no contention): the same function process and users, measured next to the ` +
+      "tollgate row of each cell (the two take turns going first), with upstream discipline switched on: the provider keys the function registers " +
       "(`primary` for `OPENAI_API_KEY` and `ANTHROPIC_API_KEY`) carry an in-flight ceiling no cell reaches " +
       `(max_in_flight ${settings.ceilings.maxInFlight.toLocaleString("en-US")}), so every admission takes ` +
       "`tollgate.upstream_admission` (calls in flight counted, a grant under the provider's shared lock) and " +
@@ -240,7 +242,10 @@ export function report(
     line(`|${head.map((h) => h === "target" ? "---" : "---:").join("|")}|`);
     for (const concurrency of settings.concurrencies) {
       const direct = find("direct", stream, concurrency);
-      for (const c of cells.filter((c) => c.stream === stream && c.concurrency === concurrency)) {
+      const rows = cells.filter((c) => c.stream === stream && c.concurrency === concurrency);
+      // In the targets' order, whichever ran first.
+      rows.sort((a, b) => targetOrder.indexOf(a.target) - targetOrder.indexOf(b.target));
+      for (const c of rows) {
         const row = [
           targetLabels[c.target] + settleLag(c),
           String(concurrency),

@@ -386,7 +386,11 @@ begin
         case when k.max_in_flight is not null then tollgate.key_in_flight(k.provider, k.label) else 0 end,
         estimated_tokens, at) as room
     from tollgate.provider_keys as k
-    where k.provider = provider_room.provider and tollgate.key_usable(k, at)
+    where k.provider = provider_room.provider
+      -- key_usable() decides; a key with no expiry and no budget needs no call (as in
+      -- admit()'s route read).
+      and case when k.expires_on is null and k.daily_budget_usd is null then k.state = 'active'
+        else tollgate.key_usable(k, at) end
   ),
   best as (
     select h.* from headroom as h where h.room > 0 order by h.room desc, h.position limit 1
