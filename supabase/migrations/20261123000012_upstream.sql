@@ -439,7 +439,9 @@ declare
   v_ahead integer;
   v_depth integer;
   v_lock bigint;
-  v_held text; -- ',a,b,': the providers whose lock this transaction holds in share mode
+  v_held text; -- ',a=…,b=…,': the providers whose lock this transaction holds in share mode
+  v_at integer;
+  v_read text; -- what v_held says of this provider's read: 'key:holds_slot:grants', or '-'
   v_shared boolean;
   v_room record;
   v_free bigint;
@@ -470,42 +472,63 @@ begin
   -- a key farther from its limits than every database connection could grant without
   -- seeing the others (max_batch_size() each, a batch's most: see provider_room), no
   -- interleaving of such grants can pass a ceiling: they hold the provider's lock in
-  -- SHARE mode, read again under it, and write nothing — the queue's cost without
-  -- contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and sees
-  -- every grant committed before it (READ COMMITTED). Per-minute ceilings count each
+  -- SHARE mode, read the room again under it, and write nothing — the queue's cost
+  -- without contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and
+  -- sees every grant committed before it (READ COMMITTED). Per-minute ceilings count each
   -- grant, so they always go the exclusive way. A shared holder never asks for the
-  -- exclusive lock (two such upgrades would deadlock): should its second read find less
-  -- room, or should a later request of its batch find the provider short of room, it
-  -- waits in the queue for one poll instead. The providers whose lock the transaction
-  -- holds in share mode are noted in a setting local to it; reading the room costs a
-  -- count of the key's calls in flight, so a holder reads it once, under the lock.
+  -- exclusive lock (two such upgrades would deadlock): should its read under the lock
+  -- find less room, it and the later requests of its batch wait in the queue for one
+  -- poll instead.
+  --
+  -- One read under the lock serves max_batch_size() grants of the transaction, on the
+  -- key it found: the margin counts that many grants from every connection, this one's
+  -- included (at any moment, what has been granted since the latest such read comes
+  -- from the transactions that had read by then, and exclusive grants wait for them).
+  -- The read counts the key's calls in flight, the dearest part of the step. The
+  -- providers whose lock the transaction holds in share mode are noted in a setting
+  -- local to it, each with its read: ',provider=key:holds_slot:grants,', or
+  -- ',provider=-,' when the read found too little room.
   v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
   v_held := coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',');
-  v_shared := position(',' || provider || ',' in v_held) > 0;
-  if not v_shared and v_depth = 0 then
+  v_at := position(',' || provider || '=' in v_held);
+  v_shared := v_at > 0;
+  if v_shared then
+    -- Taken out of the list, and put back below with what this request did.
+    v_read := split_part(substr(v_held, v_at + length(provider) + 2), ',', 1);
+    v_held := overlay(v_held placing '' from v_at + 1 for length(provider) + length(v_read) + 2);
+  elsif v_depth = 0 then
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
     if v_room.roomy then
       perform pg_advisory_xact_lock_shared(v_lock);
-      perform set_config('tollgate.upstream_shared', v_held || provider || ',', true);
       v_shared := true;
     end if;
   end if;
   if v_shared then
-    v_room := tollgate.provider_room(provider, estimated_tokens, at);
-    if v_depth = 0 and v_room.roomy then
+    -- Read under the lock: once taken, and again after max_batch_size() grants.
+    if v_read is null or (v_read <> '-' and split_part(v_read, ':', 3)::integer >= tollgate.max_batch_size()) then
+      v_room := tollgate.provider_room(provider, estimated_tokens, at);
+      v_read := case when v_room.roomy then v_room.best_key || ':' || v_room.best_holds_slot || ':0' else '-' end;
+    end if;
+    if v_depth = 0 and v_read <> '-' then
+      v_key := split_part(v_read, ':', 1);
+      v_slot := split_part(v_read, ':', 2)::boolean;
+      v_read := v_key || ':' || v_slot || ':' || (split_part(v_read, ':', 3)::integer + 1);
+    end if;
+    perform set_config('tollgate.upstream_shared', v_held || provider || '=' || v_read || ',', true);
+    if v_depth = 0 and v_read <> '-' then
       if v_ticket.request_id is not null then
         delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
       end if;
-      return jsonb_build_object('decision', 'go', 'key', v_room.best_key, 'holds_slot', v_room.best_holds_slot);
+      return jsonb_build_object('decision', 'go', 'key', v_key, 'holds_slot', v_slot);
     end if;
     v_free := 0; -- less room than it seemed: one poll in the queue (see above)
   else
     perform pg_advisory_xact_lock(v_lock);
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
     v_free := v_room.free;
+    v_key := v_room.best_key;
+    v_slot := v_room.best_holds_slot;
   end if;
-  v_key := v_room.best_key;
-  v_slot := v_room.best_holds_slot;
 
   if v_ahead < v_free then
     -- Our turn. The minute counters feed the per-minute ceilings; the "since

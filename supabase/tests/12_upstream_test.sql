@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(154);
+select plan(157);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -379,11 +379,20 @@ select results_eq(
 update tollgate.provider_keys set requests_per_minute = 100000000 where provider = 'pgtap-up-roomy';
 select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(401)) as r), false,
   'with a per-minute ceiling it is not roomy: grants are counted');
--- This transaction holds the provider's lock in share mode (the grant above): it never
--- asks for it exclusive, which would deadlock with another holder doing the same.
-select is(pg_temp.up(53, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued',
-  'a transaction that holds the provider''s lock in share mode waits one poll rather than ask for it exclusive');
-select ok(tollgate.leave_queue(pg_temp.rid(53)), '... and leaves the queue');
+-- This transaction holds the provider's lock in share mode (the grant above), and that
+-- read under the lock serves its later requests: a ceiling set meanwhile counts from the
+-- next read on.
+select is(pg_temp.up(53, 'normal', 401, 'pgtap-up-roomy'), '{"decision": "go", "key": "primary", "holds_slot": true}'::jsonb,
+  'a later request of the transaction is granted on the same read');
+select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=primary:true:2,',
+  'the transaction notes the provider, the key its read found and the two grants made on it');
+-- After a batch's worth of grants it reads again; a shared holder never asks for the lock
+-- exclusive, which would deadlock with another holder doing the same.
+select set_config('tollgate.upstream_shared', ',pgtap-up-roomy=primary:true:' || tollgate.max_batch_size() || ',', true);
+select is(pg_temp.up(55, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued',
+  'past a batch''s grants it reads again, finds the per-minute ceiling and waits one poll rather than ask for the lock exclusive');
+select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=-,', 'noting that its read found too little room');
+select ok(tollgate.leave_queue(pg_temp.rid(55)), '... and leaves the queue');
 select set_config('tollgate.upstream_shared', '', true); -- as in a new transaction
 select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
 select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 1,
@@ -392,7 +401,7 @@ select is(tollgate.register_provider_keys(
   '[{"provider": "pgtap_up_under", "label": "primary", "fingerprint": "sha256:00000000000000d3", "position": 1}]'), 1,
   'a provider whose name holds a LIKE wildcard, with a per-minute ceiling');
 update tollgate.provider_keys set requests_per_minute = 100 where provider = 'pgtap_up_under';
-select set_config('tollgate.upstream_shared', ',pgtap-up-under,', true);
+select set_config('tollgate.upstream_shared', ',pgtap-up-under=primary:true:1,', true);
 select is(pg_temp.up(54, 'normal', 402, 'pgtap_up_under') ->> 'decision', 'go',
   'a provider whose name, read as a LIKE pattern, matches one held in share mode is not taken for it');
 select set_config('tollgate.upstream_shared', '', true);
