@@ -208,8 +208,9 @@ export function report(
   );
   line(
     `- Tollgate (queue on, no contention): the same function process and users, measured next to the ` +
-      "tollgate row of each cell (the two take turns going first), with upstream discipline switched on: the provider keys the function registers " +
-      "(`primary` for `OPENAI_API_KEY` and `ANTHROPIC_API_KEY`) carry an in-flight ceiling no cell reaches " +
+      "tollgate row of each cell (the two take turns going first), with upstream discipline switched on: the " +
+      "provider keys the function registers (`primary` for `OPENAI_API_KEY` and `ANTHROPIC_API_KEY`) carry an " +
+      "in-flight ceiling no cell reaches " +
       `(max_in_flight ${settings.ceilings.maxInFlight.toLocaleString("en-US")}), so every admission takes ` +
       "`tollgate.upstream_admission` (calls in flight counted, a grant under the provider's shared lock) and " +
       "holds an in-flight slot until settlement, and none waits. In the plain tollgate rows the keys are registered " +
