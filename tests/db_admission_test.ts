@@ -370,3 +370,40 @@ dbTest("db: batches granted at once on a roomy provider never start more calls t
     await sql.end();
   }
 });
+
+dbTest("db: batches on a provider far from its ceiling share its lock, each on one read of the room", async () => {
+  const sql = connect(16);
+  try {
+    const providerName = uniqueName("roomy");
+    const model = uniqueName("roomy-model");
+    await sql`insert into tollgate.routes (model) values (${model})`;
+    await sql`insert into tollgate.route_targets (route_model, position, provider, model)
+      values (${model}, 1, ${providerName}, ${model})`;
+    // Far more room than every database connection could grant in a full batch.
+    await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
+      values (${providerName}, 'primary', 'sha256:0123456789abcdef', 1000000)`;
+    const users = await createUsers(16 * MAX_BATCH_SIZE, { tier: await createTier(sql) });
+
+    const batches = await Promise.all(
+      Array.from({ length: 16 }, (_, batch) =>
+        sql.begin(async (tx) => {
+          const requests = users.slice(batch * MAX_BATCH_SIZE, (batch + 1) * MAX_BATCH_SIZE)
+            .map((user) => request(user, { model }));
+          const [row] = await tx`select tollgate.admit_many(${tx.json(requests as never)}) as a`;
+          const [{ held }] = await tx`select current_setting('tollgate.upstream_shared') as held`;
+          return { answers: row.a as Admission[], held: held as string };
+        })),
+    );
+
+    for (const { answers, held } of batches) {
+      assert.ok(answers.every((a) => a.allowed), "every request is admitted");
+      assert.equal(held, `,${providerName}=primary:true:${MAX_BATCH_SIZE},`, "on one read under the shared lock");
+    }
+    const [{ slots }] = await sql`
+      select count(*)::int as slots from public.api_usage
+      where provider = ${providerName} and status = 'reserved' and holds_upstream_slot`;
+    assert.equal(slots, 16 * MAX_BATCH_SIZE, "and every grant holds a slot");
+  } finally {
+    await sql.end();
+  }
+});
