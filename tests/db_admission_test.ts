@@ -336,20 +336,26 @@ dbTest("db: admissions through the function's group commit keep a budget's hard 
   }
 });
 
+/** A model routed to a provider of its own, whose one key takes `maxInFlight` calls at once. */
+async function providerWithCeiling(sql: Sql, maxInFlight: number): Promise<{ providerName: string; model: string }> {
+  const providerName = uniqueName("ceil");
+  const model = uniqueName("ceil-model");
+  await sql`insert into tollgate.routes (model) values (${model})`;
+  await sql`insert into tollgate.route_targets (route_model, position, provider, model)
+    values (${model}, 1, ${providerName}, ${model})`;
+  await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
+    values (${providerName}, 'primary', 'sha256:0123456789abcdef', ${maxInFlight})`;
+  return { providerName, model };
+}
+
 dbTest("db: batches granted at once on a roomy provider never start more calls than its max_in_flight", async () => {
   const sql = connect(16);
   try {
-    const providerName = uniqueName("ceil");
-    const model = uniqueName("ceil-model");
-    await sql`insert into tollgate.routes (model) values (${model})`;
-    await sql`insert into tollgate.route_targets (route_model, position, provider, model)
-      values (${model}, 1, ${providerName}, ${model})`;
     // Room for more calls than there are database connections, yet less than a full batch per connection: the provider
     // is not roomy, so every grant takes its lock exclusive and sees the others; 16 full batches ask for far more.
     const [{ connections }] = await sql`select current_setting('max_connections')::int as connections`;
     const ceiling = connections + 40;
-    await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
-      values (${providerName}, 'primary', 'sha256:0123456789abcdef', ${ceiling})`;
+    const { providerName, model } = await providerWithCeiling(sql, ceiling);
     const users = await createUsers(16 * MAX_BATCH_SIZE, { tier: await createTier(sql) });
 
     const answers = (await Promise.all(
@@ -374,14 +380,8 @@ dbTest("db: batches granted at once on a roomy provider never start more calls t
 dbTest("db: batches on a provider far from its ceiling share its lock, each on one read of the room", async () => {
   const sql = connect(16);
   try {
-    const providerName = uniqueName("roomy");
-    const model = uniqueName("roomy-model");
-    await sql`insert into tollgate.routes (model) values (${model})`;
-    await sql`insert into tollgate.route_targets (route_model, position, provider, model)
-      values (${model}, 1, ${providerName}, ${model})`;
     // Far more room than every database connection could grant in a full batch.
-    await sql`insert into tollgate.provider_keys (provider, label, fingerprint, max_in_flight)
-      values (${providerName}, 'primary', 'sha256:0123456789abcdef', 1000000)`;
+    const { providerName, model } = await providerWithCeiling(sql, 1_000_000);
     const users = await createUsers(16 * MAX_BATCH_SIZE, { tier: await createTier(sql) });
 
     const batches = await Promise.all(
