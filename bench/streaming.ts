@@ -14,7 +14,7 @@
  * Run: deno run -A bench/streaming.ts --out <file> [--streams <n per round>] [--rounds <n>]
  */
 import { parseArgs } from "node:util";
-import { clientStream } from "../supabase/functions/_shared/streaming.ts";
+import { clientStream, UpstreamBody } from "../supabase/functions/_shared/streaming.ts";
 import type { WireFormat } from "../supabase/functions/_shared/errors.ts";
 import { progress } from "../tests/stack/util.ts";
 
@@ -88,10 +88,14 @@ function upstreamBody(format: WireFormat, perRead: number): ReadableStream<Uint8
   const chunks: Uint8Array[] = [];
   for (let i = 0; i < events.length; i += perRead) chunks.push(encoder.encode(events.slice(i, i + perRead).join("")));
   let next = 0;
+  // A byte stream, as fetch gives a provider's body: each chunk is handed over (transferred),
+  // so it goes as a copy of the one encoded above.
   return new ReadableStream({
+    type: "bytes",
     pull(controller) {
-      if (next < chunks.length) controller.enqueue(chunks[next++]);
-      else controller.close();
+      if (next < chunks.length) return controller.enqueue(chunks[next++].slice());
+      controller.close();
+      controller.byobRequest?.respond(0);
     },
   });
 }
@@ -114,7 +118,7 @@ const bare = (c: Case) => drain(upstreamBody(c.upstream, c.perRead).pipeThrough(
 function tollgate(c: Case): Promise<number> {
   let ended = "";
   const body = clientStream({
-    upstream: { reader: upstreamBody(c.upstream, c.perRead).getReader() },
+    upstream: new UpstreamBody(upstreamBody(c.upstream, c.perRead)),
     upstreamFormat: c.upstream,
     clientFormat: c.client,
     clientAskedUsage: false,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { WireFormat } from "../../supabase/functions/_shared/errors.ts";
-import { clientStream, type StreamEnd } from "../../supabase/functions/_shared/streaming.ts";
+import { clientStream, type StreamEnd, UpstreamBody } from "../../supabase/functions/_shared/streaming.ts";
 
 const encoder = new TextEncoder();
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -47,7 +47,7 @@ function throughGateway(
 ) {
   let ended: StreamEnd | undefined;
   const client = clientStream({
-    upstream: { reader: body.getReader() },
+    upstream: new UpstreamBody(asByteStream(body)),
     upstreamFormat,
     clientFormat,
     clientAskedUsage: false,
@@ -57,6 +57,25 @@ function throughGateway(
     onEnd: (end) => ended = end,
   });
   return { client, end: () => ended! };
+}
+
+/**
+ * `body` as a byte stream, which is what fetch gives for a provider's body and what
+ * `UpstreamBody` reads (into its own buffer, a read at a time).
+ */
+function asByteStream(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  return new ReadableStream({
+    type: "bytes",
+    async pull(controller) {
+      const { value, done } = await reader.read();
+      if (!done) return controller.enqueue(value);
+      controller.close();
+      // A reader waiting with its own buffer learns of the end only through this answer.
+      controller.byobRequest?.respond(0);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
 }
 
 /** A provider body of these reads, all at once. */

@@ -14,7 +14,7 @@ import { anthropicToOpenAIRequest, openaiToAnthropicRequest } from "./providers/
 import { isRetryableStatus, nextDelay, retryAfterMs } from "./retry.ts";
 import { sleep } from "./runtime.ts";
 import type { AnthropicMessagesRequest, OpenAIChatRequest } from "./schemas.ts";
-import type { UpstreamBody } from "./streaming.ts";
+import { UpstreamBody } from "./streaming.ts";
 
 /** The call as the client made it, after admission's caps were applied. */
 export interface CallPlan {
@@ -114,10 +114,9 @@ export async function dispatch(
           };
           if (plan.stream && response.body) {
             // Read the first chunk before committing: a stream that dies at once is retried.
-            const reader = response.body.getReader();
-            const first = await reader.read();
-            if (first.done) throw new TypeError("the provider closed the stream before sending anything");
-            answer.body = { reader, firstChunk: first.value };
+            const body = new UpstreamBody(response.body);
+            if (!await body.started()) throw new TypeError("the provider closed the stream before sending anything");
+            answer.body = body;
           }
           clearTimeout(timer);
           outcomes.push(attemptOutcome(step, endpoint, response.status, received));
