@@ -23,6 +23,7 @@
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { type LoadJob, type LoadResult } from "./load.ts";
+import { deno, runLoad, type Server, spawnServer } from "./processes.ts";
 import {
   type Accounting,
   type Cell,
@@ -110,61 +111,7 @@ const commonHeaders = { "content-type": "application/json", "accept-encoding": "
 // Processes
 // ---------------------------------------------------------------------------------------
 
-interface Server {
-  url: string;
-  pid: number;
-  stop(): Promise<void>;
-}
-
 const say = (message: string) => console.error(`\x1b[1mbench:\x1b[0m ${message}`);
-
-/** Spawns a server and waits for `ready` on its stdout (group 1, when present, is its URL). */
-async function spawnServer(
-  cmd: string,
-  argv: string[],
-  ready: RegExp,
-  options: { cwd?: string; env?: Record<string, string>; url?: string } = {},
-): Promise<Server> {
-  const child = new Deno.Command(cmd, {
-    args: argv,
-    cwd: options.cwd,
-    env: options.env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let match: RegExpMatchArray | null = null;
-  while (!(match = seen.match(ready))) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${cmd} ${argv.join(" ")} exited before it was ready:\n${seen}`);
-    seen += value;
-  }
-  // Keep reading so the child never blocks on a full pipe; what it says goes to stderr.
-  (async () => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      await Deno.stderr.write(new TextEncoder().encode(value));
-    }
-  })();
-  return {
-    url: options.url ?? match[1],
-    pid: child.pid,
-    async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* already gone */ }
-      await child.status;
-    },
-  };
-}
-
-const deno = (script: string, ...rest: string[]): [string, string[]] => [
-  Deno.execPath(),
-  ["run", "-A", "--no-prompt", script, ...rest],
-];
 
 /** Installs the pinned Portkey gateway into bench/portkey (once), from its lockfile. */
 async function ensurePortkey(): Promise<string> {
@@ -279,31 +226,6 @@ function summarize(
 // ---------------------------------------------------------------------------------------
 // Load
 // ---------------------------------------------------------------------------------------
-
-/**
- * Runs one load job in its own process, calling `onMeasuring` when its warm-up is over.
- * Bounded by `limitMs`: past it the generator is killed and the job fails.
- */
-async function load(job: LoadJob, limitMs: number, onMeasuring: () => void = () => {}): Promise<LoadResult> {
-  const [cmd, argv] = deno(`${benchDir}load.ts`);
-  const child = new Deno.Command(cmd, { args: argv, stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), limitMs);
-  try {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(JSON.stringify(job)));
-    await writer.close();
-    let text = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const before = text.length;
-      text += chunk;
-      if (before < "measuring\n".length && text.startsWith("measuring\n")) onMeasuring();
-    }
-    if (!(await child.status).success) throw new Error(`the load generator failed or ran past ${limitMs / 1000} s`);
-    return JSON.parse(text.slice("measuring\n".length));
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The targets in `order`, the plain and the queue-on Tollgate rows the other way round. */
 function withTollgateRowsSwapped(order: TargetName[]): TargetName[] {
@@ -434,7 +356,7 @@ async function main(): Promise<void> {
       say(`${target.name}: warm-up round (${(2 * requests).toLocaleString("en")} requests, not measured)`);
       await target.prepare?.();
       for (const stream of [false, true]) {
-        await load(jobFor(target, stream, 10, { warmup: 0, requests }), 5 * 60_000);
+        await runLoad(jobFor(target, stream, 10, { warmup: 0, requests }), 5 * 60_000);
         await target.drain?.();
       }
     }
@@ -504,7 +426,7 @@ async function measure(target: Target, stream: boolean, concurrency: number): Pr
     let cpuBefore: Record<string, number> = {};
     let busyBefore = 0;
     const since = new Date();
-    const result = await load(jobFor(target, stream, concurrency), 10 * 60_000, () => {
+    const result = await runLoad(jobFor(target, stream, concurrency), 10 * 60_000, () => {
       cpuBefore = cpuNow();
       busyBefore = machineBusyMs();
     });
@@ -677,7 +599,7 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
     }
   }, SOAK_SAMPLE_SECONDS * 1000);
   const jobs = [false, true].map((stream) =>
-    load(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
+    runLoad(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
   );
   const results = await Promise.all(jobs);
   clearInterval(sampler);

@@ -9,14 +9,20 @@
  * Each stream is a 20-word answer as each provider sends it (OpenAI: a role chunk, 20 deltas, the
  * finish chunk, the usage chunk the gateway asks for and `[DONE]`; Anthropic: message_start, a text
  * block of 20 deltas, message_delta, message_stop), delivered one event per read or six per read
- * (a provider writing faster than the gateway reads).
+ * (a provider writing faster than the gateway reads). Then, over real connections, what passing a
+ * stream on costs a server process: untouched, through a bare pipe, and through the pipeline.
  *
  * Run: deno run -A bench/streaming.ts --out <file> [--streams <n per round>] [--rounds <n>]
  */
 import { parseArgs } from "node:util";
 import { clientStream, UpstreamBody } from "../supabase/functions/_shared/streaming.ts";
 import type { WireFormat } from "../supabase/functions/_shared/errors.ts";
+import { DEFAULT_API_KEY } from "../tests/stack/provider.ts";
 import { progress } from "../tests/stack/util.ts";
+import { cpuMs } from "./proc.ts";
+import { deno, runLoad, type Server, spawnServer } from "./processes.ts";
+
+const benchDir = new URL(".", import.meta.url).pathname;
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -170,7 +176,95 @@ async function measure(c: Case): Promise<Row> {
   };
 }
 
-function report(rows: Row[]): string {
+// ─── Over HTTP ──────────────────────────────────────────────────────────────────────────────
+
+/**
+ * In-process, the provider's body is a stream this script fills; a real one is a fetch body,
+ * whose every read crosses from Deno's runtime into JavaScript, as every write to the client
+ * crosses back. So the three ways of passing a stream on (bench/stream-server.ts) are also
+ * measured over real connections: each in a server process of its own, the provider in another
+ * (bench/provider.ts) and the client in a third (bench/load.ts), by the CPU time of the server
+ * process per stream.
+ */
+const variants = ["untouched", "pipe", "tollgate"] as const;
+type Variant = typeof variants[number];
+const httpConcurrencies = [1, 10];
+const httpRounds = 3;
+
+interface HttpRow {
+  concurrency: number;
+  cpuMs: Record<Variant, number>;
+  perSecond: Record<Variant, number>;
+}
+
+async function overHttp(): Promise<HttpRow[]> {
+  const provider = await spawnServer(...deno(`${benchDir}provider.ts`), /provider listening on (\S+)/);
+  const servers: Partial<Record<Variant, Server>> = {};
+  try {
+    for (const variant of variants) {
+      servers[variant] = await spawnServer(
+        ...deno(`${benchDir}stream-server.ts`, provider.url, variant),
+        /stream server listening on (\S+)/,
+      );
+    }
+    const samples = new Map<string, { cpuMs: number[]; perSecond: number[] }>();
+    // Round 0 warms every server up; then they take turns, the order reversed each round.
+    for (let round = 0; round <= httpRounds; round++) {
+      const order = round % 2 === 0 ? variants : variants.toReversed();
+      for (const concurrency of httpConcurrencies) {
+        for (const variant of order) {
+          progress(`over HTTP, round ${round} of ${httpRounds}: ${variant} at concurrency ${concurrency}`);
+          const { pid, url } = servers[variant]!;
+          let cpuBefore = 0;
+          const result = await runLoad(
+            {
+              url,
+              headers: { "content-type": "application/json", authorization: `Bearer ${DEFAULT_API_KEY}` },
+              body: httpRequestBody,
+              stream: true,
+              concurrency,
+              warmup: 10 * concurrency,
+              requests: concurrency === 1 ? Math.ceil(streamsPerRound / 4) : streamsPerRound,
+              timeoutMs: 30_000,
+            },
+            5 * 60_000,
+            () => cpuBefore = cpuMs([pid]),
+          );
+          const failed = Object.entries(result.errors);
+          if (failed.length > 0) throw new Error(`${variant}: failed requests ${JSON.stringify(failed)}`);
+          if (round === 0) continue;
+          const key = `${variant}@${concurrency}`;
+          const entry = samples.get(key) ?? { cpuMs: [], perSecond: [] };
+          entry.cpuMs.push((cpuMs([pid]) - cpuBefore) / result.ok);
+          entry.perSecond.push(result.ok * 1000 / result.wallMs);
+          samples.set(key, entry);
+        }
+      }
+    }
+    const of = (pick: "cpuMs" | "perSecond", concurrency: number) =>
+      Object.fromEntries(variants.map((v) => [v, median(samples.get(`${v}@${concurrency}`)![pick])])) as Record<
+        Variant,
+        number
+      >;
+    return httpConcurrencies.map((concurrency) => ({
+      concurrency,
+      cpuMs: of("cpuMs", concurrency),
+      perSecond: of("perSecond", concurrency),
+    }));
+  } finally {
+    await Promise.all([provider, ...Object.values(servers)].map((server) => server.stop()));
+  }
+}
+
+const httpRequestBody = JSON.stringify({
+  model: "gpt-4o-mini",
+  messages: [{ role: "user", content: `Write a short line. [[mock words=${words}]]` }],
+  stream: true,
+  // As the gateway asks every OpenAI stream upstream; its pipeline takes the usage chunk out.
+  stream_options: { include_usage: true },
+});
+
+function report(rows: Row[], httpRows: HttpRow[]): string {
   const lines = [
     "## The stream pipeline (bench/streaming.ts)",
     "",
@@ -186,6 +280,21 @@ function report(rows: Row[]): string {
     ...rows.map((r) =>
       `| ${r.upstream} → ${r.client} | ${r.perRead} | ${r.bareUs.toFixed(1)} | ${r.tollgateUs.toFixed(1)} | ` +
       `${(r.tollgateUs / r.bareUs).toFixed(2)}× | ${r.bareWrites} / ${r.tollgateWrites} |`
+    ),
+    "",
+    "Over HTTP (OpenAI → OpenAI, the same 20-word answer from the local provider): each way of passing the stream on in " +
+    "a server process of its own (bench/stream-server.ts), the provider and the client each in another. The provider's " +
+    "body handed to the response untouched (Deno pipes it without JavaScript: the floor), through a bare " +
+    "TransformStream, and through the function's pipeline. CPU time of the server process per stream and streams " +
+    `per second, medians of ${httpRounds} rounds of ${streamsPerRound.toLocaleString("en-US")} streams at ` +
+    "concurrency 10 and a quarter of that at 1 (after a warm-up round), the three taking turns.",
+    "",
+    "| concurrency | untouched ms | bare pipe ms | Tollgate ms | Tollgate / bare pipe | streams/s (untouched / pipe / Tollgate) |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...httpRows.map((r) =>
+      `| ${r.concurrency} | ${r.cpuMs.untouched.toFixed(3)} | ${r.cpuMs.pipe.toFixed(3)} | ` +
+      `${r.cpuMs.tollgate.toFixed(3)} | ${(r.cpuMs.tollgate / r.cpuMs.pipe).toFixed(2)}× | ` +
+      `${Math.round(r.perSecond.untouched)} / ${Math.round(r.perSecond.pipe)} / ${Math.round(r.perSecond.tollgate)} |`
     ),
   ];
   return lines.join("\n");
@@ -206,7 +315,7 @@ if (import.meta.main) {
     progress(`${c.upstream} → ${c.client}, ${c.perRead} event(s) per read`);
     rows.push(await measure(c));
   }
-  const markdown = report(rows);
+  const markdown = report(rows, await overHttp());
   if (args.out) await Deno.writeTextFile(args.out, markdown + "\n");
   console.log(markdown);
 }
