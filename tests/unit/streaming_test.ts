@@ -96,6 +96,26 @@ async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ 
   return { text, end: end() };
 }
 
+Deno.test("a provider body read into the reused buffer comes out whole, reads larger than the buffer included", async () => {
+  const large = "x".repeat(40_000);
+  const body = new UpstreamBody(asByteStream(reads("first ", large, " last")));
+  assert.equal(await body.started(), true);
+  const decoder = new TextDecoder();
+  let text = "";
+  let count = 0;
+  for (let chunk = await body.read(); chunk !== undefined; chunk = await body.read()) {
+    // Decoded at once: the next read writes over the same buffer.
+    text += decoder.decode(chunk);
+    count += 1;
+  }
+  assert.equal(text, "first " + large + " last");
+  assert.ok(count >= 4, `40,000 bytes come in reads of the buffer's size at most (${count} reads)`);
+});
+
+Deno.test("a provider body that ends before its first byte has not started", async () => {
+  assert.equal(await new UpstreamBody(asByteStream(reads())).started(), false);
+});
+
 Deno.test("a stream whose events keep coming outlives its idle timeout many times over", async () => {
   const { text, end } = await run(Array(12).fill(15), 60);
   assert.equal(end.outcome, "complete");
