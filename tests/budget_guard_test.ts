@@ -7,10 +7,9 @@
  * Global state (gateway_state) is restored in `finally`: other test files share it.
  */
 import assert from "node:assert/strict";
+import { sleep } from "../supabase/functions/_shared/runtime.ts";
 import { admin, createUser, integration, prompt, startTestGateway, type TestGateway } from "./stack/harness.ts";
 import { connect, createFeature, createTier } from "./stack/fixtures.ts";
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls until `check` returns a value (not undefined), or fails after `timeoutMs`. */
 async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {

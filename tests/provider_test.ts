@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Anthropic, OpenAI } from "./deps.ts";
+import { sleep } from "../supabase/functions/_shared/runtime.ts";
 import { until } from "./stack/util.ts";
 import {
   countTokens,
@@ -89,8 +90,6 @@ function parseSse(text: string): SseEvent[] {
     return out;
   });
 }
-
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Reads a body to its end; returns the text read and the error, if any. */
 async function drain(res: Response): Promise<{ text: string; error?: Error }> {
@@ -612,7 +611,7 @@ Deno.test("fault: hang is ended by the client's AbortSignal", async () => {
       signal: controller.signal,
     });
     await until(() => p.inFlight() === 1);
-    await delay(30);
+    await sleep(30);
     assert.equal(p.inFlight(), 1);
     controller.abort();
     await assert.rejects(pending, { name: "AbortError" });

@@ -26,6 +26,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
+import { sleep } from "../supabase/functions/_shared/runtime.ts";
 import { signAccessToken } from "./stack/keys.ts";
 import { startCluster } from "./stack/postgres.ts";
 import { applyMigrations } from "./stack/migrate.ts";
@@ -94,8 +95,6 @@ async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>
     while (next < items.length) await fn(items[next++]);
   }));
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `check` until it returns true (then true) or `ms` pass (then false). */
 async function eventually(ms: number, check: () => Promise<boolean>): Promise<boolean> {

@@ -8,6 +8,7 @@
  * the key rows, ceilings and queues it sets up are its alone.
  */
 import assert from "node:assert/strict";
+import { sleep } from "../supabase/functions/_shared/runtime.ts";
 import { admin, createUser, integration, prompt, settledCall, startTestGateway } from "./stack/harness.ts";
 import { createFeature, createTier } from "./stack/fixtures.ts";
 import { DEFAULT_API_KEY } from "./stack/provider.ts";
@@ -98,8 +99,6 @@ async function featuresOfEveryPriority() {
     background: await createFeature(admin, { priority: "background" }),
   };
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Requests that reached the stand-in for `model`, in arrival order. */
 const arrivals = (model: string) =>

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { sleep } from "../../supabase/functions/_shared/runtime.ts";
 import { groupCommit, MAX_BATCH_SIZE } from "../../supabase/functions/_shared/batching.ts";
 
 /** A database stand-in whose calls finish when the test says so, recording what was sent. */
@@ -103,8 +104,6 @@ Deno.test("group commit: a batch that could not reach the database fails each el
     "connection refused",
   ]);
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 Deno.test("group commit: with collectMs, a call that finds the database idle waits for others to join it", async () => {
   const db = fakeDatabase({ collectMs: 30 });

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
+import { sleep } from "../../supabase/functions/_shared/runtime.ts";
 import type { WireFormat } from "../../supabase/functions/_shared/errors.ts";
 import { clientStream, type StreamEnd, UpstreamBody } from "../../supabase/functions/_shared/streaming.ts";
 
 const encoder = new TextEncoder();
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const delta = (text: string) =>
   `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: text }, finish_reason: null }] })}\n\n`;
