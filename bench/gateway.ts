@@ -23,7 +23,7 @@
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { type LoadJob, type LoadResult } from "./load.ts";
-import { deno, runLoad, type Server, spawnServer } from "./processes.ts";
+import { deno, runLoad } from "./processes.ts";
 import {
   type Accounting,
   type Cell,
@@ -38,7 +38,7 @@ import { cpuMs, machineBusyMs, rssMb, withChildren } from "./proc.ts";
 import { startStack } from "../tests/stack/stack.ts";
 import { type GatewayProcess, startGateway } from "../tests/stack/gateway.ts";
 import { signAccessToken } from "../tests/stack/keys.ts";
-import { freePort } from "../tests/stack/util.ts";
+import { freePort, type Server, spawnServer } from "../tests/stack/util.ts";
 import { providerKeys } from "../supabase/functions/_shared/providers/keys.ts";
 
 const benchDir = new URL(".", import.meta.url).pathname;

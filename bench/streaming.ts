@@ -18,9 +18,9 @@ import { parseArgs } from "node:util";
 import { clientStream, UpstreamBody } from "../supabase/functions/_shared/streaming.ts";
 import type { WireFormat } from "../supabase/functions/_shared/errors.ts";
 import { DEFAULT_API_KEY } from "../tests/stack/provider.ts";
-import { progress } from "../tests/stack/util.ts";
+import { progress, type Server, spawnServer } from "../tests/stack/util.ts";
 import { cpuMs } from "./proc.ts";
-import { deno, runLoad, type Server, spawnServer } from "./processes.ts";
+import { deno, runLoad } from "./processes.ts";
 
 const benchDir = new URL(".", import.meta.url).pathname;
 

@@ -82,3 +82,53 @@ export async function until(check: () => boolean, timeoutMs = 2000): Promise<voi
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
+
+/** A server process this stack started. */
+export interface Server {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Spawns a server and waits for `ready` on its stdout (group 1, when present, is its URL). */
+export async function spawnServer(
+  cmd: string,
+  argv: string[],
+  ready: RegExp,
+  options: { cwd?: string; env?: Record<string, string>; url?: string } = {},
+): Promise<Server> {
+  const child = new Deno.Command(cmd, {
+    args: argv,
+    cwd: options.cwd,
+    env: options.env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  let match: RegExpMatchArray | null = null;
+  while (!(match = seen.match(ready))) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${cmd} ${argv.join(" ")} exited before it was ready:\n${seen}`);
+    seen += value;
+  }
+  // Keep reading so the child never blocks on a full pipe; what it says goes to stderr.
+  (async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      await Deno.stderr.write(new TextEncoder().encode(value));
+    }
+  })();
+  return {
+    url: options.url ?? match[1],
+    pid: child.pid,
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await child.status;
+    },
+  };
+}
