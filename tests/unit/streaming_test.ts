@@ -96,24 +96,54 @@ async function run(pauses: (number | null)[], idleTimeoutMs: number): Promise<{ 
   return { text, end: end() };
 }
 
-Deno.test("a provider body read into the reused buffer comes out whole, reads larger than the buffer included", async () => {
-  const large = "x".repeat(40_000);
-  const body = new UpstreamBody(asByteStream(reads("first ", large, " last")));
-  assert.equal(await body.started(), true);
-  const decoder = new TextDecoder();
-  let text = "";
-  let count = 0;
-  for (let chunk = await body.read(); chunk !== undefined; chunk = await body.read()) {
-    // Decoded at once: the next read writes over the same buffer.
-    text += decoder.decode(chunk);
-    count += 1;
-  }
-  assert.equal(text, "first " + large + " last");
-  assert.ok(count >= 4, `40,000 bytes come in reads of the buffer's size at most (${count} reads)`);
-});
+/**
+ * The kinds of provider body `UpstreamBody` reads, and the fewest reads the 40,010 bytes below
+ * take through each: a byte stream's fill the 16 KiB buffer at most; a default stream's come as
+ * they were enqueued.
+ */
+const bodyKinds = [
+  { kind: "a byte stream", asBody: asByteStream, fewestReads: 4 },
+  { kind: "a default stream", asBody: (body: ReadableStream<Uint8Array>) => body, fewestReads: 3 },
+];
 
-Deno.test("a provider body that ends before its first byte has not started", async () => {
-  assert.equal(await new UpstreamBody(asByteStream(reads())).started(), false);
+for (const { kind, asBody, fewestReads } of bodyKinds) {
+  Deno.test(`a provider body comes out whole, reads larger than the buffer included (${kind})`, async () => {
+    const large = "x".repeat(40_000);
+    const body = new UpstreamBody(asBody(reads("first ", large, " last")));
+    assert.equal(await body.started(), true);
+    const decoder = new TextDecoder();
+    let text = "";
+    let count = 0;
+    for (let chunk = await body.read(); chunk !== undefined; chunk = await body.read()) {
+      // Decoded at once: the next read may write over the same buffer.
+      text += decoder.decode(chunk);
+      count += 1;
+    }
+    assert.equal(text, "first " + large + " last");
+    assert.ok(count >= fewestReads, `${count} reads`);
+  });
+
+  Deno.test(`a provider body that ends before its first byte has not started (${kind})`, async () => {
+    assert.equal(await new UpstreamBody(asBody(reads())).started(), false);
+  });
+}
+
+Deno.test("a provider body that is not a byte stream still goes to the client whole", async () => {
+  const answer = delta("Hello") + finish + "data: [DONE]\n\n";
+  let ended: StreamEnd | undefined;
+  const client = clientStream({
+    // Cut inside an event: the events are put back together from default reads too.
+    upstream: new UpstreamBody(reads(answer.slice(0, 30), answer.slice(30))),
+    upstreamFormat: "openai",
+    clientFormat: "openai",
+    clientAskedUsage: false,
+    abort: new AbortController(),
+    idleTimeoutMs: 1_000,
+    maxDurationMs: 10_000,
+    onEnd: (end) => ended = end,
+  });
+  assert.equal(await new Response(client).text(), answer);
+  assert.equal(ended?.outcome, "complete");
 });
 
 Deno.test("a stream whose events keep coming outlives its idle timeout many times over", async () => {
