@@ -35,6 +35,7 @@ import {
   type UpstreamCheck,
 } from "./gateway-report.ts";
 import { cpuMs, machineBusyMs, rssMb, withChildren } from "./proc.ts";
+import { sleep } from "../supabase/functions/_shared/runtime.ts";
 import { startStack } from "../tests/stack/stack.ts";
 import { type GatewayProcess, startGateway } from "../tests/stack/gateway.ts";
 import { signAccessToken } from "../tests/stack/keys.ts";
@@ -162,7 +163,7 @@ async function waitForQuiet(): Promise<void> {
   for (;;) {
     const before = machineBusyMs();
     const started = performance.now();
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    await sleep(2000);
     const cores = (machineBusyMs() - before) / 2000;
     waitBudgetMs -= performance.now() - started;
     if (cores < quietCores) return;
@@ -550,7 +551,7 @@ async function startTollgate(dataDir: string, providerUrl: string) {
         while (performance.now() - started < 30_000) {
           const [{ open }] = await admin`select count(*)::int as open from public.api_usage where status = 'reserved'`;
           if (open === 0) return performance.now() - started;
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          await sleep(20);
         }
         say("\x1b[31mreservations still unsettled 30 s after the load stopped\x1b[0m");
         return undefined;
@@ -571,13 +572,17 @@ async function startTollgate(dataDir: string, providerUrl: string) {
   }
 }
 
-/** The function process's resident memory, and its isolate's as the edge runtime counts it. */
-async function memoryOf(gateway: GatewayProcess): Promise<Memory> {
-  const [rss, usage] = await Promise.all([
-    rssMb(gateway.pid),
-    fetch(`${gateway.url}/_stack/memory`).then((r) => r.json() as Promise<{ heapUsed: number; external: number }>),
-  ]);
-  return { rss, isolate: (usage.heapUsed + usage.external) / 2 ** 20 };
+/**
+ * The function process's resident memory, and its isolate's as the edge runtime counts it.
+ * With `collect`, after a full garbage collection in the function's process: the isolate's
+ * right after it, the RSS a second later, once V8's background threads have handed back the
+ * pages it freed.
+ */
+async function memoryOf(gateway: GatewayProcess, { collect = false } = {}): Promise<Memory> {
+  const usage = await fetch(`${gateway.url}/_stack/memory${collect ? "?collect" : ""}`)
+    .then((r) => r.json() as Promise<{ heapUsed: number; external: number }>);
+  if (collect) await sleep(1000);
+  return { rss: await rssMb(gateway.pid), isolate: (usage.heapUsed + usage.external) / 2 ** 20 };
 }
 
 /** Steady mixed load (half the workers streaming) on the function process, sampling its memory. */
@@ -598,11 +603,22 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
       say(`  ${at.toFixed(0)} s: RSS ${memory.rss.toFixed(1)} MB, isolate ${memory.isolate.toFixed(1)} MB`);
     }
   }, SOAK_SAMPLE_SECONDS * 1000);
+  // After a full collection, under the load: once the first minute (a sixth, in a shorter soak)
+  // is over, and again just before the load ends. What the collector leaves is what a leak
+  // would make grow.
+  const collectAt = (second: number) =>
+    new Promise<Memory & { at: number }>((resolve, reject) =>
+      setTimeout(() =>
+        memoryOf(tollgate.gateway, { collect: true })
+          .then((memory) => resolve({ at: (performance.now() - started) / 1000, ...memory }), reject), second * 1000)
+    );
+  const collections = Promise.all([collectAt(Math.min(60, seconds / 6)), collectAt(seconds - 5)]);
   const jobs = [false, true].map((stream) =>
     runLoad(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
   );
   const results = await Promise.all(jobs);
   clearInterval(sampler);
+  const [collectedStart, collectedEnd] = await collections;
   const wallMs = performance.now() - started;
   const ours = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0) - cpuBefore +
     results.reduce((sum, r) => sum + r.cpuMs, 0);
@@ -610,7 +626,7 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
   samples.push({ at: (performance.now() - started) / 1000, ...await memoryOf(tollgate.gateway) });
   await tollgate.drain();
   // Idle for a moment, then once more: what is left when the load is gone.
-  await new Promise((resolve) => setTimeout(resolve, 5000));
+  await sleep(5000);
   const afterIdle = await memoryOf(tollgate.gateway);
   const errors: Record<string, number> = {};
   for (const r of results) for (const [k, n] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + n;
@@ -622,6 +638,7 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
     samples,
     fresh: tollgate.fresh,
     before,
+    collected: { start: collectedStart, end: collectedEnd },
     afterIdle,
     served: results.reduce((sum, r) => sum + r.ok, 0),
     errors,

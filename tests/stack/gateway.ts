@@ -9,7 +9,10 @@ export async function startGateway(env: Record<string, string>, port?: number): 
   if (port === undefined) port = freePort();
   else assertPortFree(port);
   const url = `http://127.0.0.1:${port}`;
-  return await spawnServer(Deno.execPath(), ["run", "-A", "--no-prompt", serveScript], /listening on/, {
+  // `gc` exposed so that the benchmark's soak can measure memory after a full collection
+  // (serve.ts's /_stack/memory?collect); the function never calls it.
+  const args = ["run", "-A", "--no-prompt", "--v8-flags=--expose-gc", serveScript];
+  return await spawnServer(Deno.execPath(), args, /listening on/, {
     env: { ...env, PORT: String(port), SUPABASE_URL: env.SUPABASE_URL ?? url },
     url,
   });

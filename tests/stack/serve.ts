@@ -2,7 +2,8 @@
  * Serves the `ai` edge function the way Supabase does, without Docker:
  *   /functions/v1/ai/...              -> the function (which sees the path as /ai/...)
  *   /auth/v1/.well-known/jwks.json    -> the project's public signing keys
- *   /_stack/memory                    -> the function's isolate memory (for the benchmark's soak)
+ *   /_stack/memory[?collect]          -> the function's isolate memory (for the benchmark's soak),
+ *                                        with `collect` after a full garbage collection
  * and gives it what the edge runtime provides: `EdgeRuntime.waitUntil` and the
  * `SUPABASE_*` environment (set by the caller). The function's code has no local branch.
  *
@@ -38,7 +39,9 @@ const server = Deno.serve({
   if (url.pathname === "/_stack/memory") {
     // What Supabase's edge runtime counts against a worker's 256 MB: its used V8 heap and its
     // external memory (array buffers), not the process's RSS, most of which here is the Deno
-    // runtime itself (the platform shares it between workers).
+    // runtime itself (the platform shares it between workers). A leak shows in what is left
+    // after a full collection; in between, memory follows the collector up and down.
+    if (url.searchParams.has("collect")) collectGarbage();
     const { heapUsed, external } = Deno.memoryUsage();
     return Response.json({ heapUsed, external });
   }
@@ -48,6 +51,13 @@ const server = Deno.serve({
   if (staticRoot && request.method === "GET") return await serveStatic(staticRoot, url.pathname);
   return Response.json({ error: "not found" }, { status: 404 });
 });
+
+/** A full garbage collection: `gc` is there when the server runs with --v8-flags=--expose-gc. */
+function collectGarbage(): void {
+  const { gc } = globalThis as { gc?: () => void };
+  if (!gc) throw new Error("/_stack/memory?collect needs the server started with --v8-flags=--expose-gc");
+  gc();
+}
 
 /**
  * The request as the function receives it on the platform: the same request, at its URL
