@@ -613,16 +613,18 @@ async function runSoak(target: Target, tollgate: Awaited<ReturnType<typeof start
           .then((memory) => resolve({ at: (performance.now() - started) / 1000, ...memory }), reject), second * 1000)
     );
   const collections = Promise.all([collectAt(Math.min(60, seconds / 6)), collectAt(seconds - 5)]);
+  // Awaited once the load is over, and a failure thrown there; until then it is not unhandled.
+  collections.catch(() => {});
   const jobs = [false, true].map((stream) =>
     runLoad(jobFor(target, stream, 5, { warmup: 0, requests: 0, durationMs: seconds * 1000 }), (seconds + 120) * 1000)
   );
   const results = await Promise.all(jobs);
   clearInterval(sampler);
-  const [collectedStart, collectedEnd] = await collections;
   const wallMs = performance.now() - started;
   const ours = Object.values(target.pids()).map((pids) => cpuMs(pids, true)).reduce((a, b) => a + b, 0) - cpuBefore +
     results.reduce((sum, r) => sum + r.cpuMs, 0);
   const otherCores = Math.max(0, machineBusyMs() - busyBefore - ours) / wallMs;
+  const [collectedStart, collectedEnd] = await collections;
   samples.push({ at: (performance.now() - started) / 1000, ...await memoryOf(tollgate.gateway) });
   await tollgate.drain();
   // Idle for a moment, then once more: what is left when the load is gone.
