@@ -6,8 +6,9 @@
  */
 import { connectAdmin, createUser as createDbUser, dbTest, stack, type UserOptions } from "./fixtures.ts";
 import { signAccessToken } from "./keys.ts";
-import { type GatewayProcess, startGateway } from "./gateway.ts";
+import { functionServerArgs, type GatewayProcess, startGateway } from "./gateway.ts";
 import { DEFAULT_API_KEY, type ProviderServer, startProvider } from "./provider.ts";
+import { freePort } from "./util.ts";
 
 export { stack };
 
@@ -141,7 +142,6 @@ export interface LoggedTestGateway extends TestGateway {
   alive(): boolean;
 }
 
-const serveScript = new URL("./serve.ts", import.meta.url).pathname;
 const maxLogLines = 200_000;
 
 /**
@@ -151,10 +151,10 @@ const maxLogLines = 200_000;
  */
 export async function startLoggedTestGateway(env: Record<string, string> = {}): Promise<LoggedTestGateway> {
   const provider = await startProvider();
-  const port = freeLocalPort();
+  const port = freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-prompt", serveScript],
+    args: functionServerArgs,
     env: {
       ...stack.functionEnv,
       OPENAI_API_KEY: DEFAULT_API_KEY,
@@ -209,13 +209,6 @@ export async function startLoggedTestGateway(env: Record<string, string> = {}): 
     log,
     alive: () => !exited,
   };
-}
-
-function freeLocalPort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
 }
 
 /**
