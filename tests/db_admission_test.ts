@@ -382,7 +382,14 @@ dbTest("db: batches on a provider far from its ceiling share its lock, each on o
   try {
     // Far more room than every database connection could grant in a full batch.
     const { providerName, model } = await providerWithCeiling(sql, 1_000_000);
-    const users = await createUsers(16 * MAX_BATCH_SIZE, { tier: await createTier(sql) });
+    const users = await createUsers(16 * MAX_BATCH_SIZE + 16, { tier: await createTier(sql) });
+    // Each of the 16 connections grants once first: a session's first grant on a provider
+    // reads its room under the exclusive lock, and notes it roomy for the next.
+    await Promise.all(
+      users.splice(16 * MAX_BATCH_SIZE).map((user) =>
+        sql.begin((tx) => tx`select tollgate.admit_many(${tx.json([request(user, { model })] as never)})`)
+      ),
+    );
 
     const batches = await Promise.all(
       Array.from({ length: 16 }, (_, batch) =>
@@ -402,7 +409,7 @@ dbTest("db: batches on a provider far from its ceiling share its lock, each on o
     const [{ slots }] = await sql`
       select count(*)::int as slots from public.api_usage
       where provider = ${providerName} and status = 'reserved' and holds_upstream_slot`;
-    assert.equal(slots, 16 * MAX_BATCH_SIZE, "and every grant holds a slot");
+    assert.equal(slots, 16 * MAX_BATCH_SIZE + 16, "and every grant holds a slot");
   } finally {
     await sql.end();
   }

@@ -443,15 +443,49 @@ declare
   v_at integer;
   v_read text; -- what v_held says of this provider's read: 'key:holds_slot:grants', or '-'
   v_shared boolean;
+  v_hints text; -- ',a,b,': the providers this session's latest reads found roomy
+  v_hinted boolean;
   v_room record;
   v_free bigint;
   v_key text;
   v_slot boolean;
   v_wait integer;
 begin
+  -- The providers whose lock this transaction holds in share mode, each with its read
+  -- (see below): ',provider=key:holds_slot:grants,', or ',provider=-,' when the read
+  -- found too little room or the queue was not empty.
+  v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
+  v_held := coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',');
+  v_at := position(',' || provider || '=' in v_held);
+  v_shared := v_at > 0;
+  if v_shared then
+    -- Taken out of the list, and put back below with what this request did.
+    v_read := split_part(substr(v_held, v_at + length(provider) + 2), ',', 1);
+    v_held := overlay(v_held placing '' from v_at + 1 for length(provider) + length(v_read) + 2);
+  end if;
+  select * into v_ticket from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
+
+  -- A batch's later requests on a provider whose lock it holds in share mode are
+  -- granted on its read while that read serves, without reading the queue again: the
+  -- request that made or last used the read found nobody waiting (or it would say '-').
+  -- A ticket added since can only come from another shared holder whose read found
+  -- less room (an exclusive holder waits for this transaction's lock); that request
+  -- asks again at its next poll, as it would had it come a moment later. A request
+  -- with a ticket of its own takes the whole step, which ranks it and removes the
+  -- ticket.
+  if v_shared and v_read <> '-' and v_ticket.request_id is null
+    and split_part(v_read, ':', 3)::integer < tollgate.max_batch_size()
+  then
+    v_key := split_part(v_read, ':', 1);
+    v_slot := split_part(v_read, ':', 2)::boolean;
+    perform set_config('tollgate.upstream_shared',
+      v_held || provider || '=' || v_key || ':' || v_slot || ':' || (split_part(v_read, ':', 3)::integer + 1) || ',',
+      true);
+    return jsonb_build_object('decision', 'go', 'key', v_key, 'holds_slot', v_slot);
+  end if;
+
   select * into v_settings from tollgate.upstream_settings;
   select * into v_class from tollgate.priority_classes as c where c.priority = upstream_admission.priority;
-  select * into v_ticket from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
 
   -- Who is ahead: live tickets by effective rank (the class's, minus aging), then
   -- arrival. A request without a ticket arrives now.
@@ -472,59 +506,65 @@ begin
   -- a key farther from its limits than every database connection could grant without
   -- seeing the others (max_batch_size() each, a batch's most: see provider_room), no
   -- interleaving of such grants can pass a ceiling: they hold the provider's lock in
-  -- SHARE mode, read the room again under it, and write nothing — the queue's cost
-  -- without contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and
+  -- SHARE mode, read the room under it, and write nothing — the queue's cost without
+  -- contention. Every other grant takes the lock EXCLUSIVE, so it runs alone and
   -- sees every grant committed before it (READ COMMITTED). Per-minute ceilings count each
   -- grant, so they always go the exclusive way. A shared holder never asks for the
   -- exclusive lock (two such upgrades would deadlock): should its read under the lock
-  -- find less room, it and the later requests of its batch wait in the queue for one
-  -- poll instead.
+  -- find less room, or someone waiting, it and the later requests of its batch wait in
+  -- the queue for one poll instead.
   --
   -- One read under the lock serves max_batch_size() grants of the transaction, on the
   -- key it found: the margin counts that many grants from every connection, this one's
   -- included (at any moment, what has been granted since the latest such read comes
   -- from the transactions that had read by then, and exclusive grants wait for them).
-  -- The read counts the key's calls in flight, the dearest part of the step. The
-  -- providers whose lock the transaction holds in share mode are noted in a setting
-  -- local to it, each with its read: ',provider=key:holds_slot:grants,', or
-  -- ',provider=-,' when the read found too little room.
-  v_lock := hashtextextended('tollgate.upstream:' || provider, 7104);
-  v_held := coalesce(nullif(current_setting('tollgate.upstream_shared', true), ''), ',');
-  v_at := position(',' || provider || '=' in v_held);
-  v_shared := v_at > 0;
-  if v_shared then
-    -- Taken out of the list, and put back below with what this request did.
-    v_read := split_part(substr(v_held, v_at + length(provider) + 2), ',', 1);
-    v_held := overlay(v_held placing '' from v_at + 1 for length(provider) + length(v_read) + 2);
-  elsif v_depth = 0 then
+  -- The read counts the key's calls in flight, the dearest part of the step.
+  --
+  -- Which way to take the lock follows what this session's latest read of the room
+  -- found, not a read of its own made before the lock: the grant reads again under the
+  -- lock anyway. The providers found roomy are noted in a session setting,
+  -- ',provider,' each (only a hint: any mode is exact, and a session that finds its
+  -- hint wrong under the shared lock makes that request wait one poll, as above).
+  v_hints := coalesce(nullif(current_setting('tollgate.upstream_roomy', true), ''), ',');
+  v_hinted := position(',' || provider || ',' in v_hints) > 0;
+  if not v_shared and v_depth = 0 and v_hinted then
+    perform pg_advisory_xact_lock_shared(v_lock);
+    v_shared := true;
+  elsif not v_shared then
+    perform pg_advisory_xact_lock(v_lock);
+  end if;
+  -- Read under the lock: an exclusive holder always; a shared one once, and again after
+  -- max_batch_size() grants.
+  if not v_shared or v_read is null
+    or (v_read <> '-' and split_part(v_read, ':', 3)::integer >= tollgate.max_batch_size())
+  then
     v_room := tollgate.provider_room(provider, estimated_tokens, at);
-    if v_room.roomy then
-      perform pg_advisory_xact_lock_shared(v_lock);
-      v_shared := true;
+    if v_room.roomy <> v_hinted then
+      perform set_config('tollgate.upstream_roomy',
+        case when v_room.roomy then v_hints || provider || ',' else replace(v_hints, ',' || provider || ',', ',') end,
+        false);
+    end if;
+    if v_shared then
+      v_read := case when v_room.roomy then v_room.best_key || ':' || v_room.best_holds_slot || ':0' else '-' end;
     end if;
   end if;
   if v_shared then
-    -- Read under the lock: once taken, and again after max_batch_size() grants.
-    if v_read is null or (v_read <> '-' and split_part(v_read, ':', 3)::integer >= tollgate.max_batch_size()) then
-      v_room := tollgate.provider_room(provider, estimated_tokens, at);
-      v_read := case when v_room.roomy then v_room.best_key || ':' || v_room.best_holds_slot || ':0' else '-' end;
-    end if;
-    if v_depth = 0 and v_read <> '-' then
+    if v_depth > 0 then
+      v_read := '-';
+    elsif v_read <> '-' then
       v_key := split_part(v_read, ':', 1);
       v_slot := split_part(v_read, ':', 2)::boolean;
       v_read := v_key || ':' || v_slot || ':' || (split_part(v_read, ':', 3)::integer + 1);
     end if;
     perform set_config('tollgate.upstream_shared', v_held || provider || '=' || v_read || ',', true);
-    if v_depth = 0 and v_read <> '-' then
+    if v_read <> '-' then
       if v_ticket.request_id is not null then
         delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
       end if;
       return jsonb_build_object('decision', 'go', 'key', v_key, 'holds_slot', v_slot);
     end if;
-    v_free := 0; -- less room than it seemed: one poll in the queue (see above)
+    v_free := 0; -- less room than it seemed, or someone waiting: one poll in the queue (see above)
   else
-    perform pg_advisory_xact_lock(v_lock);
-    v_room := tollgate.provider_room(provider, estimated_tokens, at);
     v_free := v_room.free;
     v_key := v_room.best_key;
     v_slot := v_room.best_holds_slot;

@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(157);
+select plan(168);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -369,12 +369,23 @@ update tollgate.provider_keys set max_in_flight = 100000 where provider = 'pgtap
 select is((select array[r.roomy::text, r.best_key, r.best_holds_slot::text]
     from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(400)) as r),
   array['true', 'primary', 'true'], 'its key is roomy, and a call on it holds a slot');
+-- Which way a grant takes the lock follows the session's latest read of the room: the
+-- first grant reads it under the exclusive lock.
+select is(pg_temp.up(50, 'normal', 400, 'pgtap-up-roomy'), '{"decision": "go", "key": "primary", "holds_slot": true}'::jsonb,
+  'the session''s first grant on the provider');
+select results_eq(
+  $$select minute_start, minute_requests, requests_since_observed from tollgate.provider_keys
+    where provider = 'pgtap-up-roomy'$$,
+  $$values (pg_temp.at(400), 1, 1)$$,
+  'takes the exclusive lock and counts in the key''s minute');
+select is(current_setting('tollgate.upstream_roomy'), ',pgtap-up-roomy,', 'the session notes the provider roomy');
+select set_config('tollgate.upstream_shared', '', true); -- as in a new transaction
 select is(pg_temp.up(51, 'normal', 400, 'pgtap-up-roomy'), '{"decision": "go", "key": "primary", "holds_slot": true}'::jsonb,
   'granted on the shared lock');
 select results_eq(
   $$select minute_start, minute_requests, requests_since_observed from tollgate.provider_keys
     where provider = 'pgtap-up-roomy'$$,
-  $$values (null::timestamptz, 0, 0)$$,
+  $$values (pg_temp.at(400), 1, 1)$$,
   'without writing the key');
 update tollgate.provider_keys set requests_per_minute = 100000000 where provider = 'pgtap-up-roomy';
 select is((select r.roomy from tollgate.provider_room('pgtap-up-roomy', 100, pg_temp.at(401)) as r), false,
@@ -386,17 +397,40 @@ select is(pg_temp.up(53, 'normal', 401, 'pgtap-up-roomy'), '{"decision": "go", "
   'a later request of the transaction is granted on the same read');
 select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=primary:true:2,',
   'the transaction notes the provider, the key its read found and the two grants made on it');
+-- A later request with a ticket of its own takes the whole step: it is ranked, and its
+-- ticket goes. One without a ticket is granted on the read without looking at the queue:
+-- a ticket added meanwhile waits for its next poll.
+insert into tollgate.upstream_queue (request_id, provider, priority, rank, user_id, enqueued_at, wait_until, last_seen_at)
+values (pg_temp.rid(56), 'pgtap-up-roomy', 'normal', 1, (select id from ids where name = 'user'), pg_temp.at(400),
+  pg_temp.at(420), pg_temp.at(400));
+select is(pg_temp.up(56, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go',
+  'a later request that was waiting is granted on the same read');
+select ok(not pg_temp.ticket(56), '... and its ticket is gone');
+insert into tollgate.upstream_queue (request_id, provider, priority, rank, user_id, enqueued_at, wait_until, last_seen_at)
+select pg_temp.rid(n), 'pgtap-up-roomy', 'normal', 1, (select id from ids where name = 'user'), pg_temp.at(401),
+  pg_temp.at(421), pg_temp.at(401)
+from generate_series(57, 58) as n;
+select is(pg_temp.up(59, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go',
+  'a later request without a ticket is granted on the read, though a ticket came meanwhile');
+select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=primary:true:4,', 'its grant counted on the read');
+select is(pg_temp.up(58, 'normal', 401, 'pgtap-up-roomy') -> 'queue' ->> 'position', '2',
+  'a waiting request that finds another ahead of it waits');
+select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=-,',
+  'and the transaction grants no more on its read: someone is waiting');
+select is(pg_temp.up(60, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued', 'so a later request waits too');
+delete from tollgate.upstream_queue where provider = 'pgtap-up-roomy';
 -- After a batch's worth of grants it reads again; a shared holder never asks for the lock
 -- exclusive, which would deadlock with another holder doing the same.
 select set_config('tollgate.upstream_shared', ',pgtap-up-roomy=primary:true:' || tollgate.max_batch_size() || ',', true);
 select is(pg_temp.up(55, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued',
   'past a batch''s grants it reads again, finds the per-minute ceiling and waits one poll rather than ask for the lock exclusive');
 select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=-,', 'noting that its read found too little room');
+select is(current_setting('tollgate.upstream_roomy'), ',', '... and that the provider is no longer roomy');
 select ok(tollgate.leave_queue(pg_temp.rid(55)), '... and leaves the queue');
 select set_config('tollgate.upstream_shared', '', true); -- as in a new transaction
 select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
-select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 1,
-  'and counted in the minute');
+select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 2,
+  'and counted in the minute, after the session''s first grant');
 select is(tollgate.register_provider_keys(
   '[{"provider": "pgtap_up_under", "label": "primary", "fingerprint": "sha256:00000000000000d3", "position": 1}]'), 1,
   'a provider whose name holds a LIKE wildcard, with a per-minute ceiling');
