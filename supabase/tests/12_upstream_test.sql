@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(168);
+select plan(171);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -427,6 +427,14 @@ select is(pg_temp.up(55, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queue
 select is(current_setting('tollgate.upstream_shared'), ',pgtap-up-roomy=-,', 'noting that its read found too little room');
 select is(current_setting('tollgate.upstream_roomy'), ',', '... and that the provider is no longer roomy');
 select ok(tollgate.leave_queue(pg_temp.rid(55)), '... and leaves the queue');
+-- A session whose note is out of date takes the shared lock, finds too little room under
+-- it, and makes its request wait one poll; its next grant goes the exclusive way.
+select set_config('tollgate.upstream_shared', '', true);
+select set_config('tollgate.upstream_roomy', ',pgtap-up-roomy,', false);
+select is(pg_temp.up(61, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'queued',
+  'a session that took the provider for roomy makes the request wait one poll');
+select is(current_setting('tollgate.upstream_roomy'), ',', '... and notes it no longer roomy');
+select ok(tollgate.leave_queue(pg_temp.rid(61)), '... which leaves the queue');
 select set_config('tollgate.upstream_shared', '', true); -- as in a new transaction
 select is(pg_temp.up(52, 'normal', 401, 'pgtap-up-roomy') ->> 'decision', 'go', 'granted on the exclusive lock');
 select is((select minute_requests from tollgate.provider_keys where provider = 'pgtap-up-roomy'), 2,
