@@ -466,13 +466,13 @@ begin
   select * into v_ticket from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
 
   -- A batch's later requests on a provider whose lock it holds in share mode are
-  -- granted on its read while that read serves, without reading the queue again: the
-  -- request that made or last used the read found nobody waiting (or it would say '-').
-  -- A ticket added since can only come from another shared holder whose read found
-  -- less room (an exclusive holder waits for this transaction's lock); that request
-  -- asks again at its next poll, as it would had it come a moment later. A request
-  -- with a ticket of its own takes the whole step, which ranks it and removes the
-  -- ticket.
+  -- granted on its read while that read serves, without reading the queue again: a
+  -- read is kept only while nobody waits (a request of the batch that finds someone
+  -- waiting marks it '-'). A ticket added since can only come from another shared
+  -- holder whose read found less room (an exclusive holder waits for this
+  -- transaction's lock); that request asks again at its next poll, as it would had it
+  -- come a moment later. A request with a ticket of its own takes the whole step,
+  -- which ranks it and removes the ticket.
   if v_shared and v_read <> '-' and v_ticket.request_id is null
     and split_part(v_read, ':', 3)::integer < tollgate.max_batch_size()
   then
