@@ -521,10 +521,11 @@ begin
   -- The read counts the key's calls in flight, the dearest part of the step.
   --
   -- Which way to take the lock follows what this session's latest read of the room
-  -- found, not a read of its own made before the lock: the grant reads again under the
-  -- lock anyway. The providers found roomy are noted in a session setting,
-  -- ',provider,' each (only a hint: any mode is exact, and a session that finds its
-  -- hint wrong under the shared lock makes that request wait one poll, as above).
+  -- found, not a read of its own before the lock: a grant must read under the lock
+  -- anyway, so every path reads once. The providers found roomy are noted in a session
+  -- setting, ',provider,' each (only a hint: either mode is exact, and a session that
+  -- finds its hint wrong under the shared lock makes that request wait one poll, as
+  -- above; a session's first grant on a provider takes the lock exclusive).
   v_hints := coalesce(nullif(current_setting('tollgate.upstream_roomy', true), ''), ',');
   v_hinted := position(',' || provider || ',' in v_hints) > 0;
   if not v_shared and v_depth = 0 and v_hinted then
