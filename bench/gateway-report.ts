@@ -43,6 +43,8 @@ export interface Accounting {
   calls: number;
   cached: number;
   unsettled: number;
+  /** Tickets written to the provider queue in the whole run: requests told to wait for the provider. */
+  queueTickets: number;
 }
 
 export interface Cell {
@@ -312,7 +314,12 @@ export function report(
       `Queue on / queue off: the throughput of the queue-on row over the tollgate row of the same cell. In the ` +
         `queue-on cells ${slots} of ${admitted} admissions (warm-ups included) were granted by ` +
         `\`tollgate.upstream_admission\` (they held an in-flight slot)${slots === admitted ? "" : " — **not all**"}; ` +
-        `in the tollgate cells, ${plainSlots} did.`,
+        `in the tollgate cells, ${plainSlots} did.` +
+        (accounting
+          ? accounting.queueTickets === 0
+            ? " No request of the run was told to wait for the provider (no ticket was written to its queue)."
+            : ` **${accounting.queueTickets} tickets were written to the provider queue**: requests were told to wait.`
+          : ""),
     );
     line();
   }

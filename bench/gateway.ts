@@ -556,13 +556,20 @@ async function startTollgate(dataDir: string, providerUrl: string) {
         say("\x1b[31mreservations still unsettled 30 s after the load stopped\x1b[0m");
         return undefined;
       },
-      /** Every admitted call has exactly one row, none served from cache. */
+      /**
+       * Every admitted call has exactly one row, none served from cache; and whether any request
+       * of the run was told to wait for the provider (a ticket is written only then). The function's
+       * sessions report their table statistics within 10 s of going idle.
+       */
       async accounting() {
+        await sleep(11_000);
         const [row] = await admin`
           select (select count(*) from public.api_usage)::int as admitted,
                  (select count(*) from public.ai_api_calls)::int as calls,
                  (select count(*) from public.ai_api_calls where cached)::int as cached,
-                 (select count(*) from public.api_usage where status <> 'settled')::int as unsettled`;
+                 (select count(*) from public.api_usage where status <> 'settled')::int as unsettled,
+                 (select n_tup_ins from pg_stat_user_tables
+                  where schemaname = 'tollgate' and relname = 'upstream_queue')::int as "queueTickets"`;
         return row as Accounting;
       },
     };
