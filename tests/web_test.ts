@@ -77,7 +77,18 @@ integration("web: sign in, stream an answer with its usage, then hit the rate li
 /** The local sign-in path: paste a signed-in user's access token. */
 async function signIn(page: Page, token: string, email: string): Promise<void> {
   const field = page.getByLabel("A signed-in user's Supabase access token (JWT)");
-  if (!await field.isVisible()) await page.getByText("Paste an access token").click();
+  // The page opens the token form itself once it has found no other way to sign in here. A
+  // click on the form's summary that lands just after that closes it again, so each click is
+  // made only on a closed form, and the next look sees what it did.
+  const details = page.locator("#token-details");
+  const deadline = Date.now() + 15_000;
+  while (!await field.isVisible()) {
+    if (Date.now() > deadline) throw new Error("the token form never opened");
+    if (await details.getAttribute("open") === null) {
+      await page.getByText("Paste an access token").click();
+    }
+    await page.waitForTimeout(100);
+  }
   await field.fill(token);
   await page.getByRole("button", { name: "Use this token" }).click();
   await page.locator("#identity-label").filter({ hasText: email }).waitFor();
