@@ -468,39 +468,34 @@ begin
   -- A batch's later requests on a provider whose lock it holds in share mode are
   -- granted on its read while that read serves, without reading the queue again: a
   -- read is kept only while nobody waits (a request of the batch that finds someone
-  -- waiting marks it '-'). A ticket added since can only come from another shared
-  -- holder whose read found less room (an exclusive holder waits for this
-  -- transaction's lock); that request asks again at its next poll, as it would had it
-  -- come a moment later. A request with a ticket of its own takes the whole step,
-  -- which ranks it and removes the ticket.
+  -- waiting marks it '-'), so they go as if they found nobody waiting. A ticket added
+  -- since can only come from another shared holder whose read found less room (an
+  -- exclusive holder waits for this transaction's lock); that request asks again at its
+  -- next poll, as it would had it come a moment later. A request with a ticket of its
+  -- own takes the whole step, which ranks it and removes the ticket.
   if v_shared and v_read <> '-' and v_ticket.request_id is null
     and split_part(v_read, ':', 3)::integer < tollgate.max_batch_size()
   then
-    v_key := split_part(v_read, ':', 1);
-    v_slot := split_part(v_read, ':', 2)::boolean;
-    perform set_config('tollgate.upstream_shared',
-      v_held || provider || '=' || v_key || ':' || v_slot || ':' || (split_part(v_read, ':', 3)::integer + 1) || ',',
-      true);
-    return jsonb_build_object('decision', 'go', 'key', v_key, 'holds_slot', v_slot);
+    v_depth := 0;
+  else
+    select * into v_settings from tollgate.upstream_settings;
+    select * into v_class from tollgate.priority_classes as c where c.priority = upstream_admission.priority;
+
+    -- Who is ahead: live tickets by effective rank (the class's, minus aging), then
+    -- arrival. A request without a ticket arrives now.
+    v_my_rank := greatest(0, coalesce(v_ticket.rank, v_class.rank)
+      - floor(extract(epoch from at - coalesce(v_ticket.enqueued_at, at)) / v_settings.queue_aging_seconds))::integer;
+    select
+      count(*) filter (where (
+        greatest(0, q.rank - floor(extract(epoch from at - q.enqueued_at) / v_settings.queue_aging_seconds)),
+        q.enqueued_at, q.request_id) < (v_my_rank, coalesce(v_ticket.enqueued_at, at), upstream_admission.request_id)),
+      count(*)
+    into v_ahead, v_depth
+    from tollgate.upstream_queue as q
+    where q.provider = upstream_admission.provider
+      and q.request_id <> upstream_admission.request_id
+      and q.last_seen_at > at - make_interval(secs => v_settings.queue_ticket_ttl_seconds);
   end if;
-
-  select * into v_settings from tollgate.upstream_settings;
-  select * into v_class from tollgate.priority_classes as c where c.priority = upstream_admission.priority;
-
-  -- Who is ahead: live tickets by effective rank (the class's, minus aging), then
-  -- arrival. A request without a ticket arrives now.
-  v_my_rank := greatest(0, coalesce(v_ticket.rank, v_class.rank)
-    - floor(extract(epoch from at - coalesce(v_ticket.enqueued_at, at)) / v_settings.queue_aging_seconds))::integer;
-  select
-    count(*) filter (where (
-      greatest(0, q.rank - floor(extract(epoch from at - q.enqueued_at) / v_settings.queue_aging_seconds)),
-      q.enqueued_at, q.request_id) < (v_my_rank, coalesce(v_ticket.enqueued_at, at), upstream_admission.request_id)),
-    count(*)
-  into v_ahead, v_depth
-  from tollgate.upstream_queue as q
-  where q.provider = upstream_admission.provider
-    and q.request_id <> upstream_admission.request_id
-    and q.last_seen_at > at - make_interval(secs => v_settings.queue_ticket_ttl_seconds);
 
   -- Far from every limit, grants need not wait for each other. With nobody waiting and
   -- a key farther from its limits than every database connection could grant without
