@@ -8,7 +8,7 @@ import { connectAdmin, createUser as createDbUser, dbTest, stack, type UserOptio
 import { signAccessToken } from "./keys.ts";
 import { functionServerArgs, type GatewayProcess, startGateway } from "./gateway.ts";
 import { DEFAULT_API_KEY, type ProviderServer, startProvider } from "./provider.ts";
-import { freePort } from "./util.ts";
+import { freePort, stopProcess } from "./util.ts";
 
 export { stack };
 
@@ -192,10 +192,7 @@ export async function startLoggedTestGateway(env: Record<string, string> = {}): 
     url,
     pid: child.pid,
     async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* already exited */ }
-      await child.status;
+      await stopProcess(child);
       await drained;
     },
   };

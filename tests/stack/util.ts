@@ -1,4 +1,5 @@
 /** Small process and console helpers shared by the stack scripts. */
+import { sleep } from "../../supabase/functions/_shared/runtime.ts";
 
 export function progress(message: string): void {
   console.error(`\x1b[1mtollgate:\x1b[0m ${message}`);
@@ -79,7 +80,7 @@ export async function until(check: () => boolean, timeoutMs = 2000): Promise<voi
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`condition not reached within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await sleep(5);
   }
 }
 
@@ -121,14 +122,13 @@ export async function spawnServer(
       await Deno.stderr.write(new TextEncoder().encode(value));
     }
   })();
-  return {
-    url: options.url ?? match[1],
-    pid: child.pid,
-    async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* already gone */ }
-      await child.status;
-    },
-  };
+  return { url: options.url ?? match[1], pid: child.pid, stop: () => stopProcess(child) };
+}
+
+/** Asks a child process to end (SIGTERM) and waits until it has; one already gone is fine. */
+export async function stopProcess(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  await child.status;
 }
