@@ -652,6 +652,16 @@ volatile
 -- arrays' contents cheaper than one for any arrays, and planning them costs more than
 -- running them.
 set plan_cache_mode = force_generic_plan
+-- And a plan kept for the session must not scan a whole table: made while api_usage
+-- was a few pages (a new deployment, the first minute of a benchmark), the update by
+-- tuple ids below was a sequential scan, kept while the table grew until autovacuum
+-- next analyzed it (a minute later), every settlement reading every reservation.
+-- Nothing here is read better by a scan: each row is found by its key or tuple id.
+-- (A scan there is no way around, of a one-row settings table, is then costed as
+-- disabled, which would have PostgreSQL compile the statement's plan to machine code
+-- at every call: JIT is off here.)
+set enable_seqscan = off
+set jit = off
 set search_path = ''
 as $$
 declare

@@ -6,7 +6,7 @@
 -- request the function refused after its admission got no answer.
 -- ============================================================================
 begin;
-select plan(63);
+select plan(65);
 
 \ir helpers.psql
 
@@ -324,6 +324,19 @@ select is(tollgate.abandon((select id from ids where name = 'req1'), (select id 
   'settled', 'a settled request is left as it is …');
 select is((select count(*) from tollgate.abandoned_requests where request_id = (select id from ids where name = 'req1')),
   0::bigint, '… and not recorded as abandoned');
+
+-- Settlement's plans are kept for the session, made on whatever api_usage held then: a
+-- few rows here, as in a new deployment. They find each reservation by its key and
+-- tuple id all the same, never by a scan of the whole table (which would then read
+-- every reservation in every settlement as the table grew).
+insert into ids values ('planned', pg_temp.reserve((select id from ids where name = 'user')));
+create temporary table scans on commit drop as
+  select seq_scan from pg_stat_xact_user_tables where relid = 'public.api_usage'::regclass;
+select is(pg_temp.settle((select id from ids where name = 'planned'), (select id from ids where name = 'user')) ->> 'settled',
+  'true', 'a settlement in a session whose plans were made on a near-empty api_usage …');
+select is((select t.seq_scan - s.seq_scan from pg_stat_xact_user_tables as t, scans as s
+    where t.relid = 'public.api_usage'::regclass), 0::bigint,
+  '… scans no part of api_usage: its reservation is found by key and updated by tuple id');
 
 -- Every rollup still equals its aggregate over the call rows.
 select results_eq(
