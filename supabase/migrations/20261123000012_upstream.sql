@@ -477,6 +477,14 @@ begin
     and split_part(v_read, ':', 3)::integer < tollgate.max_batch_size()
   then
     v_depth := 0;
+  elsif v_ticket.request_id is null
+    and not exists (select from tollgate.upstream_queue as q where q.provider = upstream_admission.provider)
+  then
+    -- Nobody waits for this provider (its queue stays empty as long as it has room), so
+    -- nobody is ahead of a request without a ticket. The queue's settings and the
+    -- request's class matter only should it find no room: they are read below, then.
+    v_ahead := 0;
+    v_depth := 0;
   else
     select * into v_settings from tollgate.upstream_settings;
     select * into v_class from tollgate.priority_classes as c where c.priority = upstream_admission.priority;
@@ -590,7 +598,14 @@ begin
     return jsonb_build_object('decision', 'go', 'key', v_key, 'holds_slot', v_slot);
   end if;
 
-  -- No room for us now. Shedding first (seed 003's order, by depth per class).
+  -- No room for us now: what follows depends on the queue's settings and the request's
+  -- class (not read above when nobody was waiting).
+  if v_settings.id is null then
+    select * into v_settings from tollgate.upstream_settings;
+    select * into v_class from tollgate.priority_classes as c where c.priority = upstream_admission.priority;
+  end if;
+
+  -- Shedding first (seed 003's order, by depth per class).
   if priority in ('background', 'batch') and v_depth >= v_class.shed_queue_depth then
     delete from tollgate.upstream_queue as q where q.request_id = upstream_admission.request_id;
     return jsonb_build_object('decision', 'shed', 'retry_after_seconds', 60, 'depth', v_depth);

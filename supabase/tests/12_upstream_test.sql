@@ -9,7 +9,7 @@
 -- another file.
 -- ============================================================================
 begin;
-select plan(171);
+select plan(173);
 set local timezone = 'UTC';
 
 -- ----------------------------------------------------------------------------
@@ -243,6 +243,15 @@ delete from tollgate.provider_key_usage_daily where provider = 'pgtap-up';
 -- pgtap-up keeps one key; its provider reported no requests left until T + 1 hour.
 delete from tollgate.provider_keys where provider = 'pgtap-up' and label = 'backup';
 select pg_temp.room(0);
+
+-- Nobody waiting and no room: the request's class is read for it alone. A class that
+-- sheds at depth 0 refuses it at once, and it leaves no ticket.
+update tollgate.priority_classes set shed_queue_depth = 0 where priority = 'background';
+select is(pg_temp.up(90, 'background', 0),
+  '{"decision": "shed", "retry_after_seconds": 60, "depth": 0}'::jsonb,
+  'no room and nobody waiting: the class is read, and a class shed at depth 0 is refused');
+select is((select count(*)::integer from tollgate.upstream_queue), 0, 'and it left no ticket');
+update tollgate.priority_classes set shed_queue_depth = 10 where priority = 'background';
 
 insert into t values ('a1', pg_temp.up(1, 'normal', 0));
 select is((select a from t where name = 'a1'),
