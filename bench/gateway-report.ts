@@ -21,6 +21,8 @@ export interface ReportSettings {
   /** Measured requests per cell at concurrency 10 and 50, and at 1. */
   requests: number;
   requestsAtOne: number;
+  /** A cell's warm-up: max(warmupMin, 10 × concurrency) requests. */
+  warmupMin: number;
   words: number;
   users: number;
   /** Other processes' CPU (cores) above which a cell was measured again. */
@@ -191,7 +193,7 @@ export function report(
   );
   line(
     `- Per cell: ${settings.requestsAtOne} measured requests at concurrency 1, ${settings.requests} at 10 and 50, ` +
-      "after a warm-up of max(50, 10 × concurrency) requests; before the first cell, a warm-up round of " +
+      `after a warm-up of max(${settings.warmupMin}, 10 × concurrency) requests; before the first cell, a warm-up round of ` +
       `1,000 plain and 1,000 streamed requests per target (Tollgate: ${settings.users.toLocaleString("en")} of ` +
       "each, one per user, so that every user's access token has been verified once, as a signed-in user's is " +
       "after their first call). Closed loop: each of the concurrent workers sends its next request when the " +
